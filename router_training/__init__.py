@@ -1,0 +1,1 @@
+"""Train input-aware edge-cloud routers for vision-language models."""

@@ -1,0 +1,213 @@
+"""Fit the complexity predictor: a small MLP from image/text features to each model's probability of a
+correct answer, trained in Lightning with a latency-energy-accuracy loss."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import outcomes
+from .config import Config, RouterConfig
+from .features import FEATURE_NAMES
+from .profile import DeploymentProfile
+from .runtime import expected_costs
+
+
+@dataclass
+class SplitArrays:
+    """One router split as aligned arrays: ``x`` float32 (n, F) raw features in ``FEATURE_NAMES`` order;
+    ``score``, ``latency_s`` (s), ``energy_j`` (J), ``confidence`` float64 (n, K) per model in config
+    order; ``sample_ids`` (n,)."""
+
+    sample_ids: list
+    x: np.ndarray
+    score: np.ndarray
+    latency_s: np.ndarray
+    energy_j: np.ndarray
+    confidence: np.ndarray
+
+    def __len__(self):
+        return len(self.sample_ids)
+
+
+def split_arrays(table: pd.DataFrame, feats: pd.DataFrame, models: list[str], split: str) -> SplitArrays:
+    """Arrays for ``split`` from an outcome table with costs (``outcomes.with_costs``) and the feature
+    table (sample_id + FEATURE_NAMES). Raises ValueError when the split is empty or a sample lacks
+    features or outcomes."""
+    part = table[table["split"] == split]
+    if part.empty:
+        raise ValueError(f"split {split!r} has no outcome rows")
+    ids = sorted(part["sample_id"].unique())
+    f = feats.set_index("sample_id").reindex(ids)
+    if f.isna().any().any():
+        raise ValueError(f"sample {f.index[f.isna().any(axis=1)][0]!r} has no features; rerun `router-train features`")
+    get = lambda col: outcomes.matrix(part, models, col, ids)  # noqa: E731
+    return SplitArrays(ids, f[list(FEATURE_NAMES)].to_numpy(np.float32), get("score"), get("latency_s"),
+                       get("energy_j"), get("confidence"))
+
+
+def cost_spec(train: SplitArrays, table: pd.DataFrame, cfg: Config) -> dict:
+    """What the decision rule needs besides probabilities, measured on router-train: per model its tier,
+    mean compute time (s) and mean payload (bytes); the all-cloud reference latency (s) and energy (J)
+    (mean over router-train of the cheapest-latency cloud model); the deployment profile."""
+    part = table[table["split"] == "router-train"]
+    models = []
+    for m in cfg.models:
+        rows = part[part["model"] == m.name]
+        models.append({"name": m.name, "tier": m.tier, "mean_compute_s": float(rows["compute_s"].mean()),
+                       "mean_payload_bytes": float(rows["payload_bytes"].mean())})
+    cloud = [k for k, m in enumerate(cfg.models) if m.tier == "cloud"]
+    ref = min(cloud, key=lambda k: train.latency_s[:, k].mean())
+    return {"models": models, "profile": cfg.profile.to_dict(),
+            "ref_latency_s": float(train.latency_s[:, ref].mean()), "ref_energy_j": float(train.energy_j[:, ref].mean())}
+
+
+class RouterNet(nn.Module):
+    """MLP: standardised features float32 (n, F) -> correctness logits (n, K)."""
+
+    def __init__(self, n_features: int, n_models: int, hidden: list, dropout: float):
+        super().__init__()
+        layers, width = [], n_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, n_models))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+class Probabilities(nn.Module):
+    """RouterNet with a sigmoid: what is exported to ONNX (P(correct) float32 (n, K))."""
+
+    def __init__(self, net: RouterNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.sigmoid(self.net(x))
+
+
+class RouterModule(L.LightningModule):
+    """Latency-energy-accuracy training of the complexity predictor.
+
+    Per sample i and model m with logit z_im, p_im = sigmoid(z_im), observed VQA score s_im, latency
+    l_im (s) and energy e_im (J):
+
+    - correctness loss: BCE(z_im, s_im), averaged;
+    - realised cost c_im = -s_im + lambda_latency * l_im / L_ref + lambda_energy * e_im / E_ref, with
+      L_ref, E_ref the all-cloud means on router-train;
+    - soft routing distribution pi_i = softmax_m(-(-p_im + lambda_latency * Lbar_m / L_ref +
+      lambda_energy * Ebar_m / E_ref) / temperature), the decision rule of ``runtime.decide`` made
+      differentiable (Lbar_m, Ebar_m: the model's expected cost, known before it runs);
+    - loss = BCE + cost_weight * mean_i sum_m pi_im c_im (the expected cost of the soft routing).
+
+    The second term is decision-focused: it moves probabilities where they change routing.
+    """
+
+    def __init__(self, n_features: int, n_models: int, cfg: dict, expected_latency_s, expected_energy_j,
+                 ref_latency_s: float, ref_energy_j: float):
+        super().__init__()
+        self.save_hyperparameters()
+        rc = RouterConfig(**cfg)
+        self.rc = rc
+        self.net = RouterNet(n_features, n_models, rc.hidden, rc.dropout)
+        self.register_buffer("prior_cost", torch.tensor(
+            rc.lambda_latency * np.asarray(expected_latency_s) / ref_latency_s
+            + rc.lambda_energy * np.asarray(expected_energy_j) / ref_energy_j, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def losses(self, batch):
+        x, score, lat, en = batch
+        logits = self.net(x)
+        bce = F.binary_cross_entropy_with_logits(logits, score)
+        h = self.hparams
+        realised = -score + self.rc.lambda_latency * lat / h.ref_latency_s + self.rc.lambda_energy * en / h.ref_energy_j
+        pi = torch.softmax(-(-torch.sigmoid(logits) + self.prior_cost) / self.rc.temperature, dim=1)
+        expected = (pi * realised).sum(1).mean()
+        return bce, expected, bce + self.rc.cost_weight * expected
+
+    def training_step(self, batch, _):
+        bce, expected, loss = self.losses(batch)
+        self.log_dict({"train_bce": bce, "train_expected_cost": expected, "train_loss": loss}, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, _):
+        bce, expected, loss = self.losses(batch)
+        self.log_dict({"val_bce": bce, "val_expected_cost": expected, "val_loss": loss}, prog_bar=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.rc.lr, weight_decay=self.rc.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs))
+        return [opt], [sched]
+
+
+class RouterDataModule(L.LightningDataModule):
+    """router-train / router-val arrays as tensors, standardised with router-train's mean and std."""
+
+    def __init__(self, train: SplitArrays, val: SplitArrays, batch_size: int):
+        super().__init__()
+        self.mean = train.x.mean(0)
+        self.std = np.where(train.x.std(0) > 1e-8, train.x.std(0), 1.0).astype(np.float32)
+        self.sets = {k: self._tensors(s) for k, s in (("train", train), ("val", val))}
+        self.batch_size = batch_size
+
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def _tensors(self, s: SplitArrays):
+        return torch.utils.data.TensorDataset(*(torch.tensor(np.asarray(a), dtype=torch.float32) for a in
+                                                (self.standardise(s.x), s.score, s.latency_s, s.energy_j)))
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.sets["train"], self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(self.sets["val"], 4096)
+
+
+def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_dir: Path,
+        loggers: bool = True, callbacks: list | None = None, progress: bool = True) -> tuple[RouterModule, RouterDataModule]:
+    """Train a router; the best epoch by ``val_loss`` is restored and saved as ``out_dir/best.ckpt``.
+    With ``loggers`` it logs to CSV and to wandb in offline mode under ``out_dir``.
+    Returns the trained module (eval mode) and its data module (for the standardisation)."""
+    L.seed_everything(rc.seed, verbose=False)
+    dm = RouterDataModule(train, val, rc.batch_size)
+    lat, en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
+    module = RouterModule(train.x.shape[1], train.score.shape[1], dict(rc.__dict__), lat.tolist(), en.tolist(),
+                          spec["ref_latency_s"], spec["ref_energy_j"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_loss",
+                                               enable_version_counter=False)
+    logs = False
+    if loggers:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        logs = [L.pytorch.loggers.CSVLogger(out_dir, name="logs"),
+                L.pytorch.loggers.WandbLogger(project="router-training", save_dir=str(out_dir), offline=True)]
+    trainer = L.Trainer(max_epochs=rc.epochs, accelerator="cpu", logger=logs, log_every_n_steps=5,
+                        callbacks=[ckpt, *(callbacks or [])], enable_model_summary=False,
+                        enable_progress_bar=progress)
+    trainer.fit(module, datamodule=dm)
+    if loggers:
+        import wandb
+
+        wandb.finish()
+    best = RouterModule.load_from_checkpoint(ckpt.best_model_path, weights_only=False)
+    return best.eval(), dm
+
+
+@torch.inference_mode()
+def predict(module: RouterModule, dm: RouterDataModule, x: np.ndarray) -> np.ndarray:
+    """Raw features float (n, F) -> P(correct) float32 (n, K)."""
+    return torch.sigmoid(module(torch.from_numpy(dm.standardise(x)))).numpy()

@@ -1,0 +1,94 @@
+"""Routing policies behind one interface, and the metrics every report uses.
+
+A policy maps a router split (``fit.SplitArrays``) to an assignment matrix float64 (n, K): row i is the
+probability of sending sample i to each model (one-hot for deterministic policies). Metrics are then
+expectations under that matrix, so random routing is scored exactly, without sampling noise.
+Policies register by name (``register`` / ``make``), as routers do in RouteLLM (Ong et al., 2024).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .fit import SplitArrays
+from .runtime import decide
+
+POLICIES: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        POLICIES[name] = fn
+        return fn
+    return deco
+
+
+def make(name: str, **kwargs) -> Callable[[SplitArrays], np.ndarray]:
+    """A policy by registered name; ``kwargs`` are its options. Raises ValueError for unknown names."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
+    return POLICIES[name](**kwargs)
+
+
+def _one_hot(idx: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((len(idx), k))
+    out[np.arange(len(idx)), idx] = 1.0
+    return out
+
+
+@register("all")
+def always(model: int):
+    """Every query to model index ``model`` (all-edge with an edge model, all-cloud with a cloud one)."""
+    return lambda s: _one_hot(np.full(len(s), model), s.score.shape[1])
+
+
+@register("random")
+def random(shares):
+    """Each query to model m with probability ``shares[m]`` (e.g. the router's per-model shares):
+    random routing at the router's edge share, scored in expectation."""
+    shares = np.asarray(shares, dtype=np.float64)
+    return lambda s: np.tile(shares / shares.sum(), (len(s), 1))
+
+
+@register("oracle")
+def oracle(cost: str = "latency_s"):
+    """Hindsight router: the cheapest model (per-sample ``cost`` column: "latency_s" or "energy_j") that
+    answers correctly (score > 0.5); the cheapest model when none does."""
+    def assign(s: SplitArrays):
+        c = getattr(s, cost)
+        masked = np.where(s.score > 0.5, c, np.inf)
+        idx = np.where(np.isfinite(masked).any(1), masked.argmin(1), c.argmin(1))
+        return _one_hot(idx, c.shape[1])
+    return assign
+
+
+@register("router")
+def router(probs: Callable[[SplitArrays], np.ndarray], thresholds, lambda_latency: float, lambda_energy: float,
+           ref_latency_s: float, ref_energy_j: float, expected_latency_s, expected_energy_j):
+    """The learned router: ``probs(split)`` gives P(correct) (n, K); the rest is ``runtime.decide``."""
+    def assign(s: SplitArrays):
+        idx = decide(probs(s), expected_latency_s, expected_energy_j, thresholds, lambda_latency,
+                     lambda_energy, ref_latency_s, ref_energy_j)
+        return _one_hot(idx, s.score.shape[1])
+    return assign
+
+
+def metrics(assign: np.ndarray, s: SplitArrays, tiers: list[str], cloud: int) -> dict:
+    """Policy metrics on a split. ``assign`` (n, K); ``cloud`` the index of the all-cloud reference.
+
+    Returns: accuracy (mean VQA score), pct_cloud_accuracy (100 * accuracy / all-cloud accuracy),
+    edge_share (fraction of queries on edge-tier models), mean_latency_s (s), mean_energy_j (J),
+    latency_reduction / energy_reduction (fraction saved vs all-cloud; negative when costlier),
+    share per model (``share_<index>``)."""
+    edge = np.array([t == "edge" for t in tiers])
+    acc = float((assign * s.score).sum(1).mean())
+    lat = float((assign * s.latency_s).sum(1).mean())
+    en = float((assign * s.energy_j).sum(1).mean())
+    cloud_acc, cloud_lat, cloud_en = (float(a[:, cloud].mean()) for a in (s.score, s.latency_s, s.energy_j))
+    out = {"accuracy": acc, "pct_cloud_accuracy": 100.0 * acc / cloud_acc if cloud_acc else float("nan"),
+           "edge_share": float(assign[:, edge].sum(1).mean()), "mean_latency_s": lat, "mean_energy_j": en,
+           "latency_reduction": 1.0 - lat / cloud_lat, "energy_reduction": 1.0 - en / cloud_en}
+    out["shares"] = assign.mean(0).tolist()
+    return out

@@ -1,0 +1,216 @@
+"""Tests for router_training.features (numpy/Pillow-only feature extraction)."""
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from router_training import features as F
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def feat(image, name):
+    return float(F.image_features(image)[F.IMAGE_FEATURES.index(name)])
+
+
+def tfeat(question, name):
+    return float(F.text_features(question)[F.TEXT_FEATURES.index(name)])
+
+
+def checkerboard(size=64, cell=4):
+    yy, xx = np.indices((size, size))
+    a = (((yy // cell) + (xx // cell)) % 2 * 255).astype(np.uint8)
+    return Image.fromarray(a, mode="L").convert("RGB")
+
+
+def noise_image(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), mode="L")
+
+
+def colourful_image(size=48, seed=1):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), mode="RGB")
+
+
+def test_names_and_shapes():
+    assert F.FEATURE_NAMES == F.IMAGE_FEATURES + F.TEXT_FEATURES
+    assert len(set(F.FEATURE_NAMES)) == len(F.FEATURE_NAMES)
+    x = F.extract(colourful_image(), "What color is the car?")
+    assert x.shape == (len(F.FEATURE_NAMES),)
+    assert x.dtype == np.float32 and np.all(np.isfinite(x))
+    assert F.image_features(colourful_image()).shape == (len(F.IMAGE_FEATURES),)
+    assert F.text_features("").shape == (len(F.TEXT_FEATURES),)
+
+
+def test_laplacian_sharp_vs_blurred():
+    sharp = checkerboard()
+    blurred = sharp.filter(ImageFilter.GaussianBlur(2))
+    assert feat(sharp, "log_laplacian_var") > feat(blurred, "log_laplacian_var") + 2.0
+    assert feat(sharp, "edge_density") > feat(blurred, "edge_density")
+
+
+def test_constant_image():
+    f = dict(zip(F.IMAGE_FEATURES, F.image_features(Image.new("RGB", (32, 20), (90, 90, 90)))))
+    assert f["gray_entropy_bits"] == 0.0
+    assert f["edge_density"] == 0.0
+    assert f["log_laplacian_var"] == 0.0
+    assert f["noise_sigma"] == 0.0
+    assert f["rms_contrast"] == 0.0
+    assert f["colorfulness"] == 0.0
+    assert f["brightness"] == pytest.approx(90 / 255, abs=1e-6)
+
+
+def test_noise_entropy_and_estimate():
+    noisy = noise_image(128)
+    assert feat(noisy, "gray_entropy_bits") == pytest.approx(8.0, abs=0.05)
+    assert feat(noisy, "noise_sigma") > 10 * max(feat(checkerboard(128, 16), "noise_sigma"), 1.0)
+    assert feat(noisy, "jpeg_bpp") > feat(Image.new("L", (128, 128), 128), "jpeg_bpp")
+
+
+def test_immerkaer_sigma_10():
+    rng = np.random.default_rng(42)
+    a = np.clip(128 + rng.normal(0, 10, (256, 256)), 0, 255).round().astype(np.uint8)
+    assert feat(Image.fromarray(a, mode="L"), "noise_sigma") == pytest.approx(10.0, rel=0.2)
+
+
+def test_brightness_darkened():
+    img = colourful_image()
+    dark = Image.eval(img, lambda v: v // 3)
+    assert feat(dark, "brightness") < feat(img, "brightness") - 0.2
+
+
+def test_colorfulness_and_saturation():
+    grey = Image.new("RGB", (16, 16), (120, 120, 120))
+    red = Image.new("RGB", (16, 16), (255, 0, 0))
+    assert feat(grey, "colorfulness") == 0.0
+    assert feat(red, "colorfulness") > 80.0  # 0.3 * hypot(255, 127.5) = 85.5
+    assert feat(grey, "mean_saturation") == 0.0
+    assert feat(red, "mean_saturation") == pytest.approx(1.0)
+
+
+def test_size_features():
+    f = dict(zip(F.IMAGE_FEATURES, F.image_features(Image.new("RGB", (37, 11)))))
+    assert (f["width_px"], f["height_px"]) == (37.0, 11.0)
+    assert f["log2_pixels"] == pytest.approx(np.log2(37 * 11))
+
+
+def test_tiny_images_are_finite():
+    for size in [(1, 1), (2, 5), (3, 3)]:
+        x = F.image_features(Image.new("RGB", size, (10, 200, 30)))
+        assert np.all(np.isfinite(x))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "CMYK"])
+def test_modes_match_rgb_conversion(mode):
+    img = colourful_image().convert(mode)
+    np.testing.assert_array_equal(F.image_features(img), F.image_features(img.convert("RGB")))
+
+
+def test_16bit_is_rescaled_not_clipped():
+    a16 = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    img16 = Image.fromarray(a16)
+    img8 = Image.fromarray(np.round(a16 / 257.0).astype(np.uint8), mode="L")
+    assert img16.mode.startswith("I;16")
+    np.testing.assert_array_equal(F.image_features(img16), F.image_features(img8))
+    assert 0.3 < feat(img16, "brightness") < 0.7
+
+
+def test_empty_image_raises():
+    with pytest.raises(ValueError, match="no pixels"):
+        F.image_features(Image.new("RGB", (0, 0)))
+    with pytest.raises(ValueError):
+        F.extract(Image.new("RGB", (5, 0)), "what?")
+
+
+@pytest.mark.parametrize("question, expected", [
+    ("How many dogs?", "count"),
+    ("What number of people are there?", "count"),
+    ("Is there a red shape?", "yes/no"),
+    ("Are the lights on?", "yes/no"),
+    ("Doesn't it look wet?", "yes/no"),
+    ("What color is the car?", "color"),
+    ("Which colour is the bus?", "color"),
+    ("What is the color of the sky?", "color"),
+    ("what shape is in the image?", "what"),
+    ("Which animal is larger?", "which"),
+    ("Whose bag is this?", "who"),
+    ("Where is the cat?", "where"),
+    ("When was this taken?", "when"),
+    ("Why is the man smiling?", "why"),
+    ("How is the weather?", "how"),
+    ("In this picture, how many cars are parked?", "count"),
+    ("Describe the scene.", "other"),
+    ("", "other"),
+])
+def test_question_type(question, expected):
+    assert expected in F.QUESTION_TYPES
+    assert F.question_type(question) == expected
+    onehot = F.text_features(question)[2:2 + len(F.QUESTION_TYPES)]
+    assert onehot.sum() == 1.0 and F.QUESTION_TYPES[int(onehot.argmax())] == expected
+
+
+def test_text_counts_and_cues():
+    q = "Is there not a circle?"
+    assert tfeat(q, "cue_negation") == 1.0
+    assert tfeat("Isn\u2019t it raining?", "cue_negation") == 1.0
+    assert tfeat("Is there a circle?", "cue_negation") == 0.0
+    assert tfeat(q, "word_count") == 5.0 and tfeat(q, "char_count") == len(q)
+    assert tfeat("How many birds?", "cue_counting") == 1.0
+    assert tfeat("What does the sign say?", "cue_reading") == 1.0
+    assert tfeat("What is the number on the bus?", "cue_reading") == 1.0
+    assert tfeat("What is next to the lamp?", "cue_spatial") == 1.0
+    assert tfeat("What is on the left?", "cue_spatial") == 1.0
+    assert tfeat("Is the dog bigger than the cat?", "cue_comparison") == 1.0
+    assert tfeat("Is there a red shape?", "cue_color") == 1.0
+    assert tfeat("what shape is in the image?", "cue_color") == 0.0
+    assert tfeat("How come the road is wet?", "cue_reasoning") == 1.0
+    # No cue in a plain question; punctuation does not block matching.
+    plain = F.text_features("what shape?")
+    assert plain[F.TEXT_FEATURES.index("cue_negation"):].sum() == 0.0
+    assert tfeat("Is it (left)?", "cue_spatial") == 1.0
+    with pytest.raises(TypeError):
+        F.text_features(None)
+
+
+def test_speed():
+    small, big = colourful_image(64), colourful_image(640)
+    F.image_features(small)
+    t = time.perf_counter()
+    for _ in range(20):
+        F.image_features(small)
+    assert (time.perf_counter() - t) / 20 < 0.002
+    t = time.perf_counter()
+    F.image_features(big)
+    assert time.perf_counter() - t < 0.2  # loose bound for slow CI; ~20 ms measured
+
+
+def test_runs_without_torch():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules['torch'] = None  # any `import torch` now raises ImportError
+        import importlib.util
+        from PIL import Image
+        # Load features.py by path so only the module itself (not the package
+        # __init__, edited elsewhere) is under test.
+        spec = importlib.util.spec_from_file_location('features', sys.argv[1])
+        F = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(F)
+        x = F.extract(Image.new('RGB', (8, 8), (1, 2, 3)), 'How many dogs?')
+        assert x.shape == (len(F.FEATURE_NAMES),)
+        bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'scipy', 'cv2')
+               and sys.modules[m] is not None]
+        assert not bad, bad
+        print('ok')
+    """)
+    path = REPO / "router_training" / "features.py"
+    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
