@@ -20,7 +20,7 @@ def apply(image: Image.Image, kind: str, severity: float, rng: np.random.Generat
     Args: ``kind`` one of KINDS; ``severity`` in [0, 1]; ``rng`` for the noise draw.
     Returns a new RGB image; ``downscale`` returns a smaller image (side scaled by 0.45 - 0.3 * severity),
     every other kind keeps the size. Parameters at severity s: blur, Gaussian radius 0.8 + 2.2 s px
-    (at 64 px); low_light, intensities times 0.32 - 0.27 s; noise, Gaussian sigma 15 + 50 s (8-bit
+    (at 64 px); low_light, intensities times 0.55 - 0.35 s; noise, Gaussian sigma 15 + 50 s (8-bit
     levels); jpeg, quality 30 - 25 s; color_cast, red x (1 + 0.35 s), blue x (1 - 0.35 s).
     Raises ValueError for an unknown kind or a severity outside [0, 1].
     """
@@ -44,7 +44,7 @@ def apply(image: Image.Image, kind: str, severity: float, rng: np.random.Generat
         return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     x = np.asarray(image, dtype=np.float32)
     if kind == "low_light":
-        x = x * (0.32 - 0.27 * severity)
+        x = x * (0.55 - 0.35 * severity)
     elif kind == "noise":
         x = x + rng.normal(0.0, 15.0 + 50.0 * severity, size=x.shape)
     else:  # color_cast

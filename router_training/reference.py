@@ -93,11 +93,12 @@ class VQANet(nn.Module):
 
 class ImageQuestions(torch.utils.data.Dataset):
     """One item per image: (uint8 HxWx3 image, question indices, answer indices); with ``augment``
-    (kind -> weight) a random degradation is applied with probability ``augment_p``."""
+    (kind -> weight) a random degradation, severity uniform in [0, ``max_severity``], is applied with
+    probability ``augment_p``."""
 
-    def __init__(self, images, questions, answers, size, augment=None, augment_p=0.0, seed=0):
+    def __init__(self, images, questions, answers, size, augment=None, augment_p=0.0, max_severity=1.0, seed=0):
         self.images, self.questions, self.answers = images, questions, answers
-        self.size, self.augment, self.augment_p = size, augment, augment_p
+        self.size, self.augment, self.augment_p, self.max_severity = size, augment, augment_p, max_severity
         self.rng = np.random.default_rng(seed)
 
     def __len__(self):
@@ -106,7 +107,7 @@ class ImageQuestions(torch.utils.data.Dataset):
     def __getitem__(self, i):
         im = Image.fromarray(self.images[i])
         if self.augment and self.rng.random() < self.augment_p:
-            kind, sev = degrade.draw(self.rng, self.augment, (0.0, 1.0))
+            kind, sev = degrade.draw(self.rng, self.augment, (0.0, self.max_severity))
             im = degrade.apply(im, kind, sev, self.rng)
         return to_tensor([im], self.size)[0], self.questions[i], self.answers[i]
 
@@ -170,6 +171,7 @@ def train_reference(name: str, options: dict, train_ds, answers: list[str], out_
 
     ``options``: ``arch`` (timm name), ``epochs``, ``lr``, ``hidden``, ``image_size``, ``batch_images``,
     ``augment_p`` (probability of a random degradation per training image, kinds weighted by ``augment``),
+    ``augment_max_severity`` (severity drawn uniformly up to it, default 1),
     ``init`` (another reference model's name to fine-tune from).
     """
     weights = out_dir / f"{name}.safetensors"
@@ -185,7 +187,8 @@ def train_reference(name: str, options: dict, train_ds, answers: list[str], out_
     va = train_ds.filter(lambda r: r in val_ids, input_columns="image_id")
     size = options.get("image_size", 64)
     vmap = {q: i for i, q in enumerate(vocab)}
-    train_set = ImageQuestions(*_group(tr, vmap, answers), size, augment, options.get("augment_p", 0.0), seed)
+    train_set = ImageQuestions(*_group(tr, vmap, answers), size, augment, options.get("augment_p", 0.0),
+                               options.get("augment_max_severity", 1.0), seed)
     val_set = ImageQuestions(*_group(va, vmap, answers), size)
     bs = options.get("batch_images", 32)
     module = ReferenceModule(options["arch"], answers, words, q_emb, options.get("hidden", 256),

@@ -24,7 +24,12 @@ _PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:]")
 def normalize(answer: str) -> str:
     """Normalised answer string (see module docstring)."""
     s = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    s = _PUNCT.sub("", s)
+    # as vqaEval.processPunctuation: a mark next to a space (or any mark when the text has a digit,digit
+    # comma) is dropped, any other mark becomes a space ("black-and-white" -> "black and white")
+    drop_all = bool(re.search(r"\d,\d", s))
+    original = s
+    for p in set(_PUNCT.findall(original)):
+        s = s.replace(p, "" if drop_all or p + " " in original or " " + p in original else " ")
     s = re.sub(r"(?<!\d)\.|\.(?!\d)", "", s)  # drop periods except decimal points
     words = [_CONTRACTIONS.get(w, _NUMBERS.get(w, w)) for w in s.split()]
     return " ".join(w for w in words if w not in _ARTICLES)

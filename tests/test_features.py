@@ -3,7 +3,6 @@
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -177,18 +176,6 @@ def test_text_counts_and_cues():
     assert tfeat("Is it (left)?", "cue_spatial") == 1.0
     with pytest.raises(TypeError):
         F.text_features(None)
-
-
-def test_speed():
-    small, big = colourful_image(64), colourful_image(640)
-    F.image_features(small)
-    t = time.perf_counter()
-    for _ in range(20):
-        F.image_features(small)
-    assert (time.perf_counter() - t) / 20 < 0.002
-    t = time.perf_counter()
-    F.image_features(big)
-    assert time.perf_counter() - t < 0.2  # loose bound for slow CI; ~20 ms measured
 
 
 def test_runs_without_torch():

@@ -1,0 +1,24 @@
+# Quick start: `make demo` (install + whole run on easy-VQA), `make test` (install + test suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/easyvqa.yaml
+export HF_HUB_OFFLINE := 1
+export WANDB_MODE := offline
+
+.PHONY: install demo test
+
+install: $(VENV)/.installed
+
+# torch first: the torch 2.14.1 / torchvision 0.29.1 pair is the one that installs and imports together here.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/router-train run $(CONFIG)
+
+test: install
+	$(PY) -m pytest -q

@@ -1,0 +1,68 @@
+"""The router's latency-energy-accuracy loss and its ability to learn a known signal."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from router_training.config import RouterConfig
+from router_training.features import FEATURE_NAMES
+from router_training.fit import RouterModule, SplitArrays, fit, predict
+
+
+def synthetic(n, seed):
+    """Edge model correct iff feature 0 > 0; cloud always correct; edge fast, cloud slow."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(FEATURE_NAMES))).astype(np.float32)
+    edge_ok = (x[:, 0] > 0).astype(float)
+    score = np.stack([edge_ok, np.ones(n)], 1)
+    lat = np.tile([0.01, 0.1], (n, 1))
+    en = np.tile([0.1, 0.3], (n, 1))
+    return SplitArrays([f"s{i}" for i in range(n)], x, score, lat, en, np.full((n, 2), 0.9))
+
+
+def test_loss_is_bce_plus_expected_cost_of_soft_routing():
+    rc = RouterConfig(hidden=[8], lambda_latency=0.5, lambda_energy=0.25, cost_weight=2.0, temperature=0.5)
+    m = RouterModule(3, 2, dict(rc.__dict__), [0.01, 0.1], [0.1, 0.3], ref_latency_s=0.1, ref_energy_j=0.3).eval()
+    x = torch.randn(4, 3)
+    score = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    lat = torch.tensor([[0.01, 0.1]] * 4)
+    en = torch.tensor([[0.1, 0.3]] * 4)
+    bce, expected, loss = m.losses((x, score, lat, en))
+    logits = m(x)
+    assert bce.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, score).item(), rel=1e-6)
+    realised = -score + 0.5 * lat / 0.1 + 0.25 * en / 0.3
+    prior = torch.tensor([0.5 * 0.01 / 0.1 + 0.25 * 0.1 / 0.3, 0.5 + 0.25])
+    pi = torch.softmax((torch.sigmoid(logits) - prior) / 0.5, dim=1)
+    assert expected.item() == pytest.approx((pi * realised).sum(1).mean().item(), rel=1e-6)
+    assert loss.item() == pytest.approx(bce.item() + 2.0 * expected.item(), rel=1e-6)
+
+
+def test_fit_learns_when_the_edge_model_is_right(tmp_path):
+    train, val = synthetic(2000, 0), synthetic(500, 1)
+    spec = {"models": [{"name": "e", "tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 0},
+                       {"name": "c", "tier": "cloud", "mean_compute_s": 0.0, "mean_payload_bytes": 1000}],
+            "profile": {"name": "p", "edge_power_w": 10, "idle_power_w": 3, "radio_tx_power_w": 2,
+                        "uplink_mbps": 10, "downlink_mbps": 50, "rtt_s": 0.05},
+            "ref_latency_s": 0.1, "ref_energy_j": 0.3}
+    module, dm = fit(train, val, spec, RouterConfig(epochs=15, hidden=[32], batch_size=64), tmp_path, loggers=False,
+                     progress=False)
+    p = predict(module, dm, val.x)
+    assert p.shape == (500, 2) and p.dtype == np.float32
+    edge_ok = val.score[:, 0] == 1
+    # The edge model's predicted correctness separates the two groups.
+    assert p[edge_ok, 0].mean() > 0.8 and p[~edge_ok, 0].mean() < 0.2
+    assert (tmp_path / "best.ckpt").exists()
+
+
+def test_fit_logs_to_csv_and_offline_wandb(tmp_path):
+    train, val = synthetic(300, 0), synthetic(100, 1)
+    spec = {"models": [{"name": "e", "tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 0},
+                       {"name": "c", "tier": "cloud", "mean_compute_s": 0.0, "mean_payload_bytes": 1000}],
+            "profile": {"name": "p", "edge_power_w": 10, "idle_power_w": 3, "radio_tx_power_w": 2,
+                        "uplink_mbps": 10, "downlink_mbps": 50, "rtt_s": 0.05},
+            "ref_latency_s": 0.1, "ref_energy_j": 0.3}
+    fit(train, val, spec, RouterConfig(epochs=2, hidden=[8]), tmp_path, loggers=True, progress=False)
+    metrics = list((tmp_path / "logs").rglob("metrics.csv"))
+    assert metrics and "val_loss" in metrics[0].read_text().splitlines()[0]
+    assert list((tmp_path / "wandb").glob("offline-run-*"))

@@ -1,0 +1,107 @@
+"""End-to-end: every stage on the tiny config, then what each stage left behind."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from router_training import outcomes, pipeline
+from router_training.runtime import Router
+
+
+def test_report_has_every_policy_and_consistent_numbers(tiny_run):
+    cfg, table = tiny_run
+    for row in ("all-edge (edge-small)", "all-cloud (cloud)", "random (router's shares)", "oracle", "router"):
+        assert f"| {row} |" in table
+    rep = json.loads((cfg.path("runs") / "report.json").read_text())["policies"]
+    assert (cfg.path("runs") / "sweep.png").stat().st_size > 10_000
+    assert (cfg.path("runs") / "report.md").read_text().startswith("# Router report")
+    # Recompute the baselines from the outcome table by hand.
+    t = outcomes.load(cfg.path("data") / "outcomes", cfg.model_names)
+    test = t[t["split"] == "router-test"].pivot(index="sample_id", columns="model", values="score")
+    assert rep["all-cloud (cloud)"]["accuracy"] == pytest.approx(test["cloud"].mean())
+    assert rep["all-edge (edge-small)"]["accuracy"] == pytest.approx(test["edge-small"].mean())
+    assert rep["oracle"]["accuracy"] == pytest.approx(test.max(axis=1).mean())
+    assert rep["all-cloud (cloud)"]["edge_share"] == 0.0 and rep["all-edge (edge-small)"]["edge_share"] == 1.0
+    assert rep["oracle"]["accuracy"] >= rep["router"]["accuracy"] - 1e-12
+    # Random routing at the router's edge share is the share-weighted mean of the single-model rows.
+    share = rep["router"]["edge_share"]
+    assert rep["random (router's shares)"]["edge_share"] == pytest.approx(share)
+    assert rep["random (router's shares)"]["accuracy"] == pytest.approx(
+        share * test["edge-small"].mean() + (1 - share) * test["cloud"].mean())
+
+
+def test_outcome_table_is_complete_and_splits_are_disjoint_by_image(tiny_run):
+    cfg, _ = tiny_run
+    t = outcomes.load(cfg.path("data") / "outcomes", cfg.model_names)
+    assert not t.duplicated(["sample_id", "model"]).any()
+    assert t.groupby("sample_id").size().eq(len(cfg.models)).all()
+    assert set(t["split"]) == {"router-train", "router-val", "router-test"}
+    assert t.groupby("image_id")["split"].nunique().max() == 1
+    assert t["score"].between(0, 1).all() and t["confidence"].between(0, 1).all()
+    assert (t["compute_s"] > 0).all() and (t["payload_bytes"] > 0).all()
+    assert list(t.columns) == list(outcomes.COLUMNS)
+
+
+def test_export_parity_and_dynamic_batch(tiny_run):
+    cfg, _ = tiny_run
+    module, spec = pipeline.stage_fit(cfg)
+    _, splits = pipeline.load_splits(cfg)
+    router = Router.load(cfg.path("export"))
+    x = splits["router-test"].x
+    for n in (1, 7, 33):
+        np.testing.assert_allclose(router.predict(x[:n]), pipeline.predict(module, spec, x[:n]), atol=1e-5)
+    m = router.manifest
+    assert m["features"]["names"] == list(__import__("router_training.features").features.FEATURE_NAMES)
+    assert [x["name"] for x in m["models"]] == cfg.model_names
+    assert m["decision"]["thresholds"][-1] == 0.0  # the cloud model is always eligible
+
+
+def test_tampered_artifact_is_rejected(tiny_run, tmp_path):
+    cfg, _ = tiny_run
+    for f in ("manifest.json", "router.onnx"):
+        (tmp_path / f).write_bytes((cfg.path("export") / f).read_bytes())
+    (tmp_path / "router.onnx").write_bytes((tmp_path / "router.onnx").read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="sha256"):
+        Router.load(tmp_path)
+
+
+def test_route_cli_runs_without_torch(tiny_run):
+    cfg, _ = tiny_run
+    ds = pipeline.data.build_router_dataset(cfg)
+    image = cfg.workdir / "query.png"
+    ds[0]["image"].save(image)
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from router_training.cli import main\n"
+            f"main(['route', '--artifact', {str(cfg.path('export'))!r}, '--image', {str(image)!r},"
+            " '--question', 'what color is the shape?'])\n"
+            "assert sys.modules['torch'] is None\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    decision = json.loads(out.stdout)
+    assert decision["model"] in cfg.model_names
+    assert set(decision["p_correct"]) == set(cfg.model_names)
+    assert all(0.0 <= p <= 1.0 for p in decision["p_correct"].values())
+
+
+def test_rerun_reuses_every_cache(tiny_run):
+    cfg, table = tiny_run
+    watched = [p for p in cfg.workdir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".parquet", ".ckpt", ".db")]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    again = pipeline.run(cfg)
+    assert again == table
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+
+
+def test_data_split_records_degradations(tiny_run):
+    cfg, _ = tiny_run
+    df = pipeline.data.build_router_dataset(cfg).to_pandas()
+    assert set(df.columns) >= {"sample_id", "image_id", "image", "question", "answers", "question_type",
+                               "split", "degradation", "severity"}
+    per_image = df.groupby("image_id")[["degradation", "severity", "split"]].nunique()
+    assert (per_image == 1).all().all()  # one degradation and one split per image
+    assert (df.loc[df["degradation"] == "clean", "severity"] == 0).all()
+    assert df.loc[df["degradation"] != "clean", "severity"].between(0.3, 1.0).all()
+    assert pd.Series(df["sample_id"]).is_unique
