@@ -6,11 +6,13 @@ records: the answer, the model's own confidence, measured compute seconds and pa
 
 from __future__ import annotations
 
-import io
+import importlib
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from PIL import Image
+
+from .images import encode_jpeg
 
 
 @dataclass
@@ -18,13 +20,17 @@ class Answer:
     """One model output. ``confidence`` in [0, 1] (the model's probability of its answer);
     ``compute_s`` measured compute time for this pair (s; a batch's time divided evenly);
     ``payload_bytes`` bytes that would be sent off-device (encoded image + UTF-8 question);
-    ``error`` empty on success, else why the pair failed (the pair then scores 0)."""
+    ``error`` empty on success, else why the pair failed (the pair then scores 0);
+    ``input_tokens`` / ``output_tokens`` prompt tokens (image tokens included, padding excluded) and
+    generated tokens (up to and including EOS), 0 when the backend does not count tokens."""
 
     text: str
     confidence: float
     compute_s: float
     payload_bytes: int
     error: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 class Backend(Protocol):
@@ -36,6 +42,8 @@ class Backend(Protocol):
 
 
 BACKENDS: dict[str, Callable[..., Backend]] = {}
+# backend kind -> module that registers it, imported only when that kind is used (no work at import time)
+_MODULES = {"reference": "reference", "transformers": "vlm", "openai": "openai_http"}
 
 
 def register(kind: str):
@@ -48,8 +56,8 @@ def register(kind: str):
 
 def build(kind: str, **kwargs) -> Backend:
     """Construct a registered backend. Raises ValueError naming the known kinds."""
-    if kind not in BACKENDS:
-        from . import reference  # noqa: F401  registers the reference backend on first use
+    if kind not in BACKENDS and kind in _MODULES:
+        importlib.import_module(f"{__package__}.{_MODULES[kind]}")  # registers the backend on first use
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; known: {sorted(BACKENDS)}")
     return BACKENDS[kind](**kwargs)
@@ -57,6 +65,4 @@ def build(kind: str, **kwargs) -> Backend:
 
 def payload_bytes(image: Image.Image, question: str, quality: int = 90) -> int:
     """Bytes a cloud request carries: the image as JPEG at ``quality`` plus the UTF-8 question."""
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return buf.tell() + len(question.encode("utf-8"))
+    return len(encode_jpeg(image, quality)) + len(question.encode("utf-8"))

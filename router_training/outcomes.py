@@ -18,8 +18,9 @@ payload_bytes   int64   bytes the query sends off-device (encoded image + questi
 error           string  "" on success, else why the sample failed
 =============== ======= ==========================================================================
 
-Latency (s) and energy (J) are not stored: ``with_costs`` derives them from a deployment profile, so a
-new profile needs no re-collection.
+Written by ``collect`` (running a model's backend) or ``replay`` (reading outcomes a user already has
+from a JSONL, CSV or Parquet file). Latency (s) and energy (J) are not stored: ``with_costs`` derives
+them from a deployment profile, so a new profile needs no re-collection.
 """
 
 from __future__ import annotations
@@ -70,13 +71,11 @@ def collect(ds, model: str, tier: str, make_backend: Callable[[], Backend], out_
     flight and never duplicates rows. Returns ``out_dir``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    parts = sorted(out_dir.glob("part-*.parquet"))
-    done = set(pd.concat([pd.read_parquet(p, columns=["sample_id"]) for p in parts])["sample_id"]) if parts else set()
+    done, next_part = _done(out_dir)
     todo = [i for i, s in enumerate(ds["sample_id"]) if s not in done]
     if not todo:
         return out_dir
     backend = make_backend()
-    next_part = max((int(p.stem.split("-")[1]) for p in parts), default=-1) + 1
     with tqdm(total=len(ds), initial=len(ds) - len(todo), desc=f"collect {model}", unit="q") as bar:
         for start in range(0, len(todo), batch_size):
             rows = ds.select(todo[start:start + batch_size])
@@ -94,11 +93,157 @@ def collect(ds, model: str, tier: str, make_backend: Callable[[], Backend], out_
                 "payload_bytes": np.array([a.payload_bytes for a in answers], dtype=np.int64),
                 "error": [a.error for a in answers],
             })
-            tmp = out_dir / f".part-{next_part:05d}.tmp"
-            table.to_parquet(tmp, index=False)
-            tmp.rename(out_dir / f"part-{next_part:05d}.parquet")  # atomic: a killed run leaves no half part
+            _write_part(table, out_dir, next_part)
             next_part += 1
             bar.update(len(rows))
+    return out_dir
+
+
+def _write_part(table: pd.DataFrame, out_dir: Path, number: int) -> None:
+    tmp = out_dir / f".part-{number:05d}.tmp"
+    table.to_parquet(tmp, index=False)
+    tmp.rename(out_dir / f"part-{number:05d}.parquet")  # atomic: a killed run leaves no half part
+
+
+def _done(out_dir: Path) -> tuple[set, int]:
+    """Sample ids already collected in ``out_dir`` and the next part number."""
+    parts = sorted(out_dir.glob("part-*.parquet"))
+    done = set(pd.concat([pd.read_parquet(p, columns=["sample_id"]) for p in parts])["sample_id"]) if parts else set()
+    return done, max((int(p.stem.split("-")[1]) for p in parts), default=-1) + 1
+
+
+# replay: our column -> required?
+REPLAY_COLUMNS = {"sample_id": True, "answer": True, "score": False, "confidence": False, "compute_s": False,
+                  "payload_bytes": False}
+
+
+def read_replay(path: Path | str, columns: dict | None = None) -> pd.DataFrame:
+    """A per-sample outcome file (``.jsonl``/``.json`` lines, ``.csv``, ``.parquet``) as a frame with our
+    column names: ``columns`` maps ours (sample_id, answer, score, confidence, compute_s,
+    payload_bytes) to the file's; a name it leaves out is read from a column of the same name if there
+    is one. sample_id and answer are strings; the others are numbers (NaN where empty).
+
+    Raises FileNotFoundError, ValueError for an unknown format, a missing mapped or required column
+    (naming it and the available ones), a duplicate sample_id or a value that is not a number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"replay file {path} not found")
+    columns = dict(columns or {})
+    unknown = set(columns) - set(REPLAY_COLUMNS)
+    if unknown:
+        raise ValueError(f"replay columns: unknown names {sorted(unknown)}; ours are {list(REPLAY_COLUMNS)}")
+    suffix = "".join(path.suffixes[-2:]) if path.suffix in (".gz", ".bz2", ".zst", ".xz") else path.suffix
+    fmt = suffix.split(".")[1].lower() if suffix else ""
+    if fmt in ("jsonl", "json", "ndjson"):
+        raw = pd.read_json(path, lines=True, dtype=False)
+    elif fmt in ("csv", "tsv"):
+        raw = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+    elif fmt in ("parquet", "pq"):
+        raw = pd.read_parquet(path)
+    else:
+        raise ValueError(f"replay file {path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
+    mapping = {ours: columns.get(ours, ours) for ours in REPLAY_COLUMNS}
+    for ours, theirs in mapping.items():
+        if theirs not in raw.columns and (REPLAY_COLUMNS[ours] or ours in columns):
+            raise ValueError(f"replay file {path}: column {theirs!r} (for our {ours!r}) not found; "
+                             f"available columns: {list(raw.columns)}")
+    out = pd.DataFrame(index=raw.index)
+    for ours, theirs in mapping.items():
+        if theirs not in raw.columns:
+            continue
+        col = raw[theirs]
+        if ours in ("sample_id", "answer"):
+            out[ours] = [("" if ours == "answer" else None) if _missing(v) else str(v) for v in col]
+        else:
+            values = col.where(col != "", np.nan) if col.dtype == object else col
+            try:
+                out[ours] = pd.to_numeric(values, errors="raise").astype(np.float64)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"replay file {path}: column {theirs!r} (our {ours!r}) must hold numbers "
+                                 f"({e})") from None
+    if out["sample_id"].isna().any():
+        raise ValueError(f"replay file {path}: row {int(out['sample_id'].isna().idxmax())} has no sample_id "
+                         f"(column {mapping['sample_id']!r})")
+    dup = out["sample_id"].duplicated()
+    if dup.any():
+        raise ValueError(f"replay file {path}: sample_id {out.loc[dup, 'sample_id'].iloc[0]!r} is on more than "
+                         "one row; keep one outcome per sample")
+    for ours in ("score", "confidence"):
+        if ours in out and not out[ours].dropna().between(0.0, 1.0).all():
+            raise ValueError(f"replay file {path}: column {mapping[ours]!r} (our {ours!r}) must be in [0, 1]")
+    return out.reset_index(drop=True)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def replay(ds, model: str, tier: str, path: Path | str, columns: dict | None, out_dir: Path,
+           batch_size: int = 4096) -> Path:
+    """Outcomes of model ``model`` read from a file of per-sample outcomes (``read_replay``: JSONL, CSV
+    or Parquet; ``columns`` maps our names to the file's) instead of running it, for the rows of ``ds``
+    (sample_id, image_id, split, image, question, answers), written to ``out_dir`` like ``collect``.
+
+    score: the file's, else ``vqa_score`` of the answer against the row's answers; confidence and
+    compute_s: the file's, else 0.0; payload_bytes: the file's, else ``backends.payload_bytes`` of
+    the image and question. A sample the file lacks is recorded with error "not in replay file <path>"
+    and score 0. Resumes like ``collect``: samples already in ``out_dir`` are skipped, so a rerun adds
+    nothing. Samples in the file but not in ``ds`` are ignored. Returns ``out_dir``.
+    """
+    from .backends import payload_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done, next_part = _done(out_dir)
+    todo = [i for i, s in enumerate(ds["sample_id"]) if s not in done]
+    if not todo:
+        return out_dir
+    table = read_replay(path, columns).set_index("sample_id")
+    sample_ids = ds["sample_id"]
+    extra = len(set(table.index) - set(sample_ids))
+    if extra:
+        log.info("replay %s: %d samples of %s are not in the dataset; ignored", model, extra, path)
+    need_images = "payload_bytes" not in table.columns or table["payload_bytes"].isna().any()
+    cols = ["sample_id", "image_id", "split", "question", "answers"] + (["image"] if need_images else [])
+    image_bytes: dict[str, int] = {}  # image_id -> JPEG payload without the question
+    missing = 0
+    for start in range(0, len(todo), batch_size):
+        rows = ds.select(todo[start:start + batch_size]).select_columns(cols)
+        n = len(rows)
+        rec = table.reindex(rows["sample_id"])
+        present = rec["answer"].notna().to_numpy() if "answer" in rec else np.zeros(n, bool)
+        missing += int((~present).sum())
+        answers = rec["answer"].fillna("").astype(str).tolist()
+        score = rec["score"].to_numpy(np.float64) if "score" in rec else np.full(n, np.nan)
+        refs = rows["answers"]
+        score = np.array([0.0 if not ok else (s if not np.isnan(s) else vqa_score(a, r))
+                          for ok, s, a, r in zip(present, score, answers, refs)], dtype=np.float32)
+
+        def num(name):
+            v = rec[name].to_numpy(np.float64) if name in rec else np.full(n, np.nan)
+            return np.where(present & ~np.isnan(v), v, 0.0)
+
+        payload = rec["payload_bytes"].to_numpy(np.float64) if "payload_bytes" in rec else np.full(n, np.nan)
+        pay = np.zeros(n, dtype=np.int64)
+        for k, (iid, q) in enumerate(zip(rows["image_id"], rows["question"])):
+            if not present[k]:
+                continue
+            if not np.isnan(payload[k]):
+                pay[k] = int(payload[k])
+                continue
+            if iid not in image_bytes:  # the JPEG once per image; payload_bytes(image, q) = that + the question
+                image_bytes[iid] = payload_bytes(rows[k]["image"], "")
+            pay[k] = image_bytes[iid] + len(q.encode("utf-8"))
+        error = [""] * n if present.all() else ["" if ok else f"not in replay file {path}" for ok in present]
+        _write_part(pd.DataFrame({
+            "sample_id": rows["sample_id"], "image_id": rows["image_id"], "split": rows["split"],
+            "model": model, "tier": tier, "answer": [a if ok else "" for a, ok in zip(answers, present)],
+            "score": score, "confidence": num("confidence").astype(np.float32),
+            "compute_s": num("compute_s"), "payload_bytes": pay, "error": error,
+        }), out_dir, next_part)
+        next_part += 1
+    if missing:
+        log.error("replay %s: %d of %d samples are not in %s (recorded as errors with score 0; add them to the "
+                  "file and delete %s to replay again)", model, missing, len(todo), path, out_dir)
     return out_dir
 
 

@@ -26,22 +26,27 @@ def reference_dir(cfg: Config):
 def stage_reference(cfg: Config) -> None:
     """Train the config's reference models that are not cached yet (in config order, so a model
     named by another's ``init`` option is trained first)."""
+    from .reference import is_trained, train_reference
+
+    def fingerprint(m):
+        return {"options": m.options, "seed": cfg.dataset.seed, "limit_train_images": cfg.dataset.limit_train_images}
+
     todo = [m for m in cfg.models if m.backend == "reference"
-            and not (reference_dir(cfg) / f"{m.name}.safetensors").exists()]
+            and not is_trained(reference_dir(cfg), m.name, fingerprint(m))]
     if not todo:
         return
     train = data.load_easyvqa("train", cfg.dataset.limit_train_images, cfg.dataset.seed)
-    augment = {k: v for k, v in cfg.dataset.degradations.items() if k != "clean"}
-    from .reference import train_reference
-
     for m in todo:
         t0 = time.perf_counter()
-        train_reference(m.name, m.options, train, data.answer_vocab(), reference_dir(cfg), augment, cfg.dataset.seed)
+        train_reference(m.name, m.options, train, data.answer_vocab(), reference_dir(cfg), cfg.dataset.seed,
+                        fingerprint(m))
         log.info("trained reference model %s in %.0f s", m.name, time.perf_counter() - t0)
 
 
 def make_backend(cfg: Config, name: str):
     m = next(m for m in cfg.models if m.name == name)
+    if m.backend == "replay":
+        raise ValueError(f"model {name!r} replays outcomes from {m.options.get('path')}; it has no backend to run")
     if m.backend == "reference":
         return backends.build("reference", name=m.name, weights=reference_dir(cfg) / f"{m.name}.safetensors")
     return backends.build(m.backend, name=m.name, **m.options)
@@ -49,12 +54,15 @@ def make_backend(cfg: Config, name: str):
 
 def stage_collect(cfg: Config) -> pd.DataFrame:
     """Outcome table (all models, router splits) with latency_s and energy_j under the config's profile.
-    Trains missing reference models first."""
+    Trains missing reference models first; ``replay`` models are read from their outcome files."""
     stage_reference(cfg)
     ds = data.build_router_dataset(cfg)
     root = cfg.path("data") / "outcomes"
     for m in cfg.models:
-        outcomes.collect(ds, m.name, m.tier, lambda name=m.name: make_backend(cfg, name), root / m.name)
+        if m.backend == "replay":  # outcomes from the user's file, no model is run
+            outcomes.replay(ds, m.name, m.tier, m.options["path"], m.options.get("columns"), root / m.name)
+        else:
+            outcomes.collect(ds, m.name, m.tier, lambda name=m.name: make_backend(cfg, name), root / m.name)
     return outcomes.with_costs(outcomes.load(root, cfg.model_names), cfg.profile)
 
 

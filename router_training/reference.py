@@ -164,19 +164,27 @@ def _group(ds, encoder_vocab: dict, answers: list[str]):
     return images, q_idx, a_idx
 
 
-def train_reference(name: str, options: dict, train_ds, answers: list[str], out_dir: Path,
-                    augment: dict | None = None, seed: int = 0) -> Path:
+def is_trained(out_dir: Path, name: str, fingerprint: dict) -> bool:
+    """True when ``out_dir`` holds model ``name`` trained with exactly ``fingerprint`` (options, seed,
+    data subset); a changed config means retraining, never a stale model."""
+    meta = out_dir / f"{name}.json"
+    return (out_dir / f"{name}.safetensors").exists() and meta.exists() and \
+        json.loads(meta.read_text()).get("fingerprint") == fingerprint
+
+
+def train_reference(name: str, options: dict, train_ds, answers: list[str], out_dir: Path, seed: int = 0,
+                    fingerprint: dict | None = None) -> Path:
     """Train one reference model on ``train_ds`` (rows as in ``data.load_easyvqa``) and save it to
-    ``out_dir/<name>.safetensors`` + ``.json``. Returns the weights path; reuses it if present.
+    ``out_dir/<name>.safetensors`` + ``.json`` (with ``fingerprint``, see ``is_trained``). Returns the
+    weights path.
 
     ``options``: ``arch`` (timm name), ``epochs``, ``lr``, ``hidden``, ``image_size``, ``batch_images``,
-    ``augment_p`` (probability of a random degradation per training image, kinds weighted by ``augment``),
-    ``augment_max_severity`` (severity drawn uniformly up to it, default 1),
-    ``init`` (another reference model's name to fine-tune from).
+    ``augment_p`` (probability of a random degradation per training image), ``augment`` (degradation
+    kind -> weight; default all kinds but clean, equally), ``augment_max_severity`` (severity drawn
+    uniformly up to it, default 1), ``init`` (another reference model's name to fine-tune from).
     """
     weights = out_dir / f"{name}.safetensors"
-    if weights.exists():
-        return weights
+    augment = options.get("augment") or {k: 1.0 for k in degrade.KINDS if k != "clean"}
     L.seed_everything(seed, verbose=False)
     vocab = sorted(set(train_ds["question"]))
     words = sorted({w for q in vocab for w in re.findall(r"[a-z']+", q.lower())})
@@ -203,7 +211,7 @@ def train_reference(name: str, options: dict, train_ds, answers: list[str], out_
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(module.net.state_dict(), str(weights))
     meta = {"arch": options["arch"], "answers": answers, "words": words, "hidden": options.get("hidden", 256),
-            "image_size": size, "val_acc": float(trainer.callback_metrics["val_acc"])}
+            "image_size": size, "val_acc": float(trainer.callback_metrics["val_acc"]), "fingerprint": fingerprint}
     (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2))
     log.info("reference model %s: clean val accuracy %.3f", name, meta["val_acc"])
     return weights

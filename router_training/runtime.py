@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from . import features
+from . import features, images
 from .profile import DeploymentProfile
 
 MANIFEST = "manifest.json"
@@ -113,7 +113,7 @@ class Router:
               rtt_s: float | None = None) -> Decision:
         """Decide where one query runs. ``image`` any PIL image (EXIF orientation applied first);
         ``question`` a string. Returns a Decision."""
-        image = ImageOps.exif_transpose(image)
+        image = images.prepare(image)
         probs = self.predict(features.extract(image, question)[None])
         k = int(self.decide(probs, uplink_mbps, rtt_s)[0])
         return Decision(self.models[k], self.tiers[k], dict(zip(self.models, probs[0].tolist())))

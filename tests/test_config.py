@@ -37,7 +37,7 @@ def test_inline_parts_and_defaults(tmp_path):
     # omitted parts take their dataclass defaults
     assert cfg.router == C.RouterConfig()
     assert cfg.tune == C.TuneConfig()
-    assert cfg.dataset.kind == "easyvqa" and cfg.dataset.severity == (0.3, 1.0)
+    assert cfg.dataset.kind == "easyvqa" and cfg.dataset.severity == (0.45, 1.0)
 
 
 def test_parts_as_relative_paths(tmp_path):

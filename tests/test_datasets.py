@@ -1,0 +1,346 @@
+"""Tests for bringing your own data: dataset kinds "hf" and "folder" (router_training.data, config)."""
+
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageDraw
+
+from router_training import config as C
+from router_training import data
+from router_training.config import DatasetConfig
+from router_training.features import question_type
+from router_training.scoring import vqa_score
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = {"sample_id": datasets.Value("string"), "image_id": datasets.Value("string"), "image": datasets.Image(),
+          "question": datasets.Value("string"), "answers": datasets.List(datasets.Value("string")),
+          "question_type": datasets.Value("string")}
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    """load_dataset's Arrow cache in tmp_path, not the user's HF cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+def picture(i: int, size=(48, 36)) -> Image.Image:
+    im = Image.new("RGB", size, (15 * (i % 17), 90, 200 - 9 * (i % 20)))
+    ImageDraw.Draw(im).ellipse((4, 4, 12 + i % 20, 12 + i % 15), fill=(255, 255, 255))
+    return im
+
+
+def write_folder(root: Path, n_images=10, per_image=2, rows=None) -> tuple[Path, Path]:
+    """``root/images/<i>.png`` and ``root/questions.jsonl``: per image a color question (answers a
+    single string on odd images) and a yes/no question with a question_type and id."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    if rows is None:
+        rows = []
+        for i in range(n_images):
+            picture(i).save(images / f"img{i}.png")
+            rows.append({"image": f"img{i}.png", "question": f"What color is the circle {i}?",
+                         "answers": "white" if i % 2 else ["white", "grey"], "question_id": 1000 + i})
+            if per_image > 1:
+                rows.append({"image": f"img{i}.png", "question": f"Is there a circle in picture {i}?",
+                             "answers": ["yes"], "question_id": 2000 + i, "question_type": "existence"})
+    qfile = root / "questions.jsonl"
+    qfile.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return images, qfile
+
+
+def folder_config(root: Path, **kw) -> DatasetConfig:
+    images, qfile = write_folder(root, **{k: kw.pop(k) for k in ("n_images", "per_image", "rows") if k in kw})
+    return DatasetConfig(kind="folder", images_dir=str(images), questions=str(qfile), **kw)
+
+
+def vqav2_parquet(path: Path, n_images=6, per_image=3) -> Path:
+    """A VQAv2-shaped parquet file: answers is a list of 10 records {answer, answer_confidence,
+    answer_id}; image_id and question_id are ints; question_type is VQA's question prefix."""
+    rows = {"question_type": [], "multiple_choice_answer": [], "answers": [], "image_id": [], "answer_type": [],
+            "question_id": [], "question": [], "image": []}
+    for i in range(n_images):
+        for j in range(per_image):
+            human = ["2"] * 3 + ["3"] * 6 + ["three"]  # "three" normalises to "3"
+            rows["question_type"].append("how many")
+            rows["multiple_choice_answer"].append("3")
+            rows["answers"].append([{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
+                                    for k, a in enumerate(human)])
+            rows["image_id"].append(500000 + i)
+            rows["answer_type"].append("number")
+            rows["question_id"].append((500000 + i) * 1000 + j)
+            rows["question"].append(f"How many circles are in picture {i} ({j})?")
+            rows["image"].append(picture(i))
+    ds = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
+    ds.to_parquet(str(path))
+    return path
+
+
+VQAV2_COLUMNS = {"image": "image", "question": "question", "answers": "answers.answer",
+                 "question_type": "question_type", "image_id": "image_id", "sample_id": "question_id"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# folder
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_folder_normalises_to_the_row_schema(tmp_path):
+    ds = data.load_base(folder_config(tmp_path))
+    assert ds.column_names == list(data.BASE_COLUMNS)
+    assert dict(ds.features) == SCHEMA
+    assert len(ds) == 20
+    rows = {r["sample_id"]: r for r in ds}
+    assert rows["1000"]["answers"] == ["white", "grey"] and rows["1001"]["answers"] == ["white"]  # list or one string
+    assert rows["1000"]["image_id"] == "img0.png" and rows["2000"]["image_id"] == "img0.png"
+    assert rows["2000"]["question_type"] == "existence"  # given
+    assert rows["1000"]["question_type"] == question_type("What color is the circle 0?") == "color"  # computed
+    im = rows["1003"]["image"]
+    assert isinstance(im, Image.Image) and im.size == (48, 36)
+    assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(picture(3)))
+
+
+def test_folder_without_question_ids_numbers_rows_and_renames_keys(tmp_path):
+    rows = [{"file": f"img{i}.png", "q": f"is it {i}?", "a": ["yes"]} for i in range(4)]
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        picture(i).save(images / f"img{i}.png")
+    dc = folder_config(tmp_path, rows=rows, columns={"image": "file", "question": "q", "answers": "a"})
+    ds = data.load_base(dc)
+    assert ds["sample_id"] == ["q0", "q1", "q2", "q3"]
+    assert ds["question"] == [f"is it {i}?" for i in range(4)]
+    assert ds["question_type"] == ["yes/no"] * 4
+
+
+def test_folder_missing_key_names_line_and_key(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    picture(0).save(images / "a.png")
+    rows = [{"image": "a.png", "question": "q?", "answers": ["x"]}, {"image": "a.png", "question": "q2?"}]
+    with pytest.raises(ValueError, match=r"questions.jsonl:2: no key 'answers'"):
+        data.load_base(folder_config(tmp_path, rows=rows))
+
+
+@pytest.mark.parametrize("answers", [[], "", ["", "  "], None])
+def test_empty_answers_name_the_sample_and_the_fix(tmp_path, answers):
+    images = tmp_path / "images"
+    images.mkdir()
+    picture(0).save(images / "a.png")
+    rows = [{"image": "a.png", "question": "q?", "answers": ["x"], "question_id": "ok-1"},
+            {"image": "a.png", "question": "q2?", "answers": answers, "question_id": "bad-7"}]
+    with pytest.raises(ValueError, match=r"sample 'bad-7' has no reference answers.*at least one answer"):
+        data.load_base(folder_config(tmp_path, rows=rows))
+
+
+def test_unreadable_or_missing_image_names_the_sample(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    picture(0).save(images / "good.png")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    rows = [{"image": "good.png", "question": "q?", "answers": ["x"], "question_id": 1},
+            {"image": "broken.png", "question": "q?", "answers": ["x"], "question_id": 2}]
+    with pytest.raises(ValueError, match=r"sample '2': image .*broken.png cannot be read.*replace"):
+        data.load_base(folder_config(tmp_path, rows=rows))
+    rows[1]["image"] = "nowhere.png"
+    with pytest.raises(ValueError, match=r"sample '2': image file .*nowhere.png not found"):
+        data.load_base(folder_config(tmp_path, rows=rows))
+
+
+def test_duplicate_question_ids_raise(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    picture(0).save(images / "a.png")
+    rows = [{"image": "a.png", "question": "q?", "answers": ["x"], "question_id": 5}] * 2
+    with pytest.raises(ValueError, match=r"sample_id '5'.*rows 0 and 1"):
+        data.load_base(folder_config(tmp_path, rows=rows))
+
+
+# ---------------------------------------------------------------------------------------------------
+# hf
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_hf_parquet_vqav2_style_nested_answers(tmp_path):
+    path = vqav2_parquet(tmp_path / "val.parquet")
+    dc = DatasetConfig(kind="hf", path="parquet", data_files=str(path), split="train", columns=VQAV2_COLUMNS)
+    ds = data.load_base(dc)
+    assert dict(ds.features) == SCHEMA and len(ds) == 18
+    r = ds[4]
+    assert r["sample_id"] == str(500001 * 1000 + 1) and r["image_id"] == "500001"
+    assert r["answers"] == ["2"] * 3 + ["3"] * 6 + ["three"]
+    assert r["question_type"] == "how many"  # the dataset's own
+    # ten human answers: the official leave-one-out VQA accuracy
+    assert vqa_score("3", r["answers"]) == 1.0
+    assert vqa_score("2", r["answers"]) == pytest.approx((3 * (2 / 3) + 7 * 1.0) / 10)
+    assert vqa_score("4", r["answers"]) == 0.0
+    assert np.array_equal(np.asarray(r["image"].convert("RGB")), np.asarray(picture(1)))
+
+
+def test_hf_missing_column_names_it_and_lists_available(tmp_path):
+    path = vqav2_parquet(tmp_path / "val.parquet", n_images=2, per_image=1)
+    cols = {**VQAV2_COLUMNS, "question": "query"}
+    dc = DatasetConfig(kind="hf", path="parquet", data_files=str(path), split="train", columns=cols)
+    with pytest.raises(ValueError, match=r"column 'query' \(for our 'question'\) not found; available columns: "
+                                         r"\[.*'multiple_choice_answer'.*\]"):
+        data.load_base(dc)
+    dc.columns = {**VQAV2_COLUMNS, "answers": "answers.text"}
+    with pytest.raises(ValueError, match=r"'answers.text': no field 'text'; fields: \['answer', "):
+        data.load_base(dc)
+    dc.columns = {**VQAV2_COLUMNS, "answers": "answers"}
+    with pytest.raises(ValueError, match=r"holds records .*answers: answers.answer"):
+        data.load_base(dc)
+
+
+def test_hf_local_imagefolder_without_ids(tmp_path):
+    root = tmp_path / "imagefolder"
+    root.mkdir()
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(5):
+            picture(i).save(root / f"p{i}.png")
+            f.write(json.dumps({"file_name": f"p{i}.png", "prompt": f"how many circles {i}?", "gold": ["1"]}) + "\n")
+    dc = DatasetConfig(kind="hf", path=str(root), columns={"image": "image", "question": "prompt", "answers": "gold"})
+    ds = data.load_base(dc)
+    assert len(ds) == 5 and ds["sample_id"] == [f"q{i}" for i in range(5)]
+    assert len(set(ds["image_id"])) == 5  # an id per distinct image, from its file name or bytes
+    assert ds["question_type"] == ["count"] * 5 and ds["answers"] == [["1"]] * 5
+
+
+def test_hf_images_joined_from_a_second_dataset(tmp_path):
+    """GQA on the hub keeps questions and images in two configs, joined on the image id."""
+    q = datasets.Dataset.from_dict({"id": [f"q{i}" for i in range(6)], "imageId": ["n1", "n2", "n3"] * 2,
+                                    "question": [f"is the sky blue {i}?" for i in range(6)],
+                                    "answer": ["yes", "no"] * 3})
+    q.to_parquet(str(tmp_path / "instructions.parquet"))
+    imgs = datasets.Dataset.from_dict({"id": ["n1", "n2", "n3", "n4"], "image": [picture(i) for i in range(4)]})
+    imgs.cast_column("image", datasets.Image()).to_parquet(str(tmp_path / "images.parquet"))
+    dc = DatasetConfig(kind="hf", path="parquet", data_files=str(tmp_path / "instructions.parquet"),
+                       columns={"question": "question", "answers": "answer", "image_id": "imageId", "sample_id": "id"},
+                       images={"data_files": str(tmp_path / "images.parquet"),
+                               "columns": {"image_id": "id", "image": "image"}})
+    ds = data.load_base(dc)
+    assert ds["answers"] == [["yes"], ["no"]] * 3
+    for r in ds:
+        k = int(r["image_id"][1:]) - 1
+        assert np.array_equal(np.asarray(r["image"].convert("RGB")), np.asarray(picture(k)))
+    bad = datasets.Dataset.from_dict({"id": ["q9"], "imageId": ["n7"], "question": ["q?"], "answer": ["x"]})
+    bad.to_parquet(str(tmp_path / "bad.parquet"))
+    dc.data_files = str(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"sample 'q9': image id 'n7' is not in the images dataset"):
+        data.load_base(dc)
+
+
+def test_limit_images_is_a_seeded_subset_of_images(tmp_path):
+    path = vqav2_parquet(tmp_path / "val.parquet", n_images=12, per_image=3)
+    kw = dict(kind="hf", path="parquet", data_files=str(path), split="train", columns=VQAV2_COLUMNS)
+    a = data.load_base(DatasetConfig(limit_images=5, seed=1, **kw))
+    b = data.load_base(DatasetConfig(limit_images=5, seed=1, **kw))
+    c = data.load_base(DatasetConfig(limit_images=5, seed=2, **kw))
+    assert len(set(a["image_id"])) == 5 and len(a) == 15  # every question of the kept images
+    assert a["sample_id"] == b["sample_id"]
+    assert set(a["image_id"]) != set(c["image_id"])
+    assert len(data.load_base(DatasetConfig(limit_images=100, **kw))) == 36
+
+
+# ---------------------------------------------------------------------------------------------------
+# router splits and config
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_config(tmp_path, dataset: dict) -> C.Config:
+    d = {"name": "byod", "dataset": dataset,
+         "models": [{"name": "e", "tier": "edge", "backend": "replay", "options": {"path": "e.jsonl"}},
+                    {"name": "c", "tier": "cloud", "backend": "replay", "options": {"path": "c.jsonl"}}],
+         "profile": str(REPO / "configs" / "profiles" / "jetson_orin_lte.yaml")}
+    return C.from_dict(d, base=tmp_path, workdir=tmp_path / "work")
+
+
+def test_router_dataset_from_a_folder_split_by_image_clean_by_default(tmp_path):
+    write_folder(tmp_path / "mine", n_images=24)
+    cfg = run_config(tmp_path, {"kind": "folder", "images_dir": "mine/images", "questions": "mine/questions.jsonl",
+                                "limit_images": 20, "seed": 3})
+    assert cfg.dataset.degradations == {"clean": 1.0}
+    assert cfg.dataset.images_dir == str((tmp_path / "mine" / "images").resolve())  # relative to the config
+    ds = data.build_router_dataset(cfg)
+    df = ds.to_pandas()
+    assert set(df.columns) >= {*data.BASE_COLUMNS, "split", "degradation", "severity"}
+    assert df["image_id"].nunique() == 20 and len(df) == 40
+    assert df.groupby("image_id")["split"].nunique().max() == 1  # disjoint by image
+    assert df.drop_duplicates("image_id")["split"].value_counts().to_dict() == {
+        "router-train": 10, "router-val": 5, "router-test": 5}
+    assert (df["degradation"] == "clean").all() and (df["severity"] == 0).all()
+    # clean images keep their original bytes (no re-encoding)
+    r = ds[0]
+    original = (tmp_path / "mine" / "images" / r["image_id"]).read_bytes()
+    assert ds.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"] == original
+    # cached: a rerun loads what the first run saved
+    assert data.build_router_dataset(cfg)["sample_id"] == ds["sample_id"]
+    assert not any(p.name.startswith(".router_dataset") for p in cfg.path("data").iterdir())
+
+
+def test_router_splits_with_degradations_on_any_base(tmp_path):
+    base = data.load_base(folder_config(tmp_path, n_images=16))
+    ds = data.router_splits(base, {"a": 0.5, "b": 0.5}, {"clean": 1.0, "blur": 1.0, "downscale": 1.0},
+                            (0.5, 1.0), seed=7, reencode_clean=False)
+    df = ds.to_pandas()
+    assert set(df["split"]) == {"a", "b"} and df.groupby("image_id")["split"].nunique().max() == 1
+    assert (df.groupby("image_id")["degradation"].nunique() == 1).all()
+    assert df.loc[df["degradation"] != "clean", "severity"].between(0.5, 1.0).all()
+    shrunk = [r["image"].size for r in ds if r["degradation"] == "downscale"]
+    assert shrunk and all(s[0] < 48 for s in shrunk)
+    again = data.router_splits(base, {"a": 0.5, "b": 0.5}, {"clean": 1.0, "blur": 1.0, "downscale": 1.0},
+                               (0.5, 1.0), seed=7, reencode_clean=False).to_pandas()
+    assert again[["split", "degradation", "severity"]].equals(df[["split", "degradation", "severity"]])
+    with pytest.raises(ValueError, match=r"router splits \[.*'c'\] get no images"):
+        data.router_splits(base.select(range(2)), {"a": 0.5, "b": 0.5, "c": 0.01}, {"clean": 1.0})
+
+
+def test_dataset_config_kinds_and_errors(tmp_path):
+    assert DatasetConfig().degradations == C.EASYVQA_DEGRADATIONS  # easyvqa default unchanged
+    hf = DatasetConfig(kind="hf", path="x/y", columns={"image": "img", "question": "q", "answers": "a"})
+    assert hf.degradations == {"clean": 1.0}
+    given = DatasetConfig(kind="hf", path="x/y", columns=hf.columns, degradations={"blur": 1.0})
+    assert given.degradations == {"blur": 1.0}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        DatasetConfig(kind="coco")
+    with pytest.raises(ValueError, match="needs 'path'"):
+        DatasetConfig(kind="hf", columns=hf.columns)
+    with pytest.raises(ValueError, match=r"must map \['answers'\]"):
+        DatasetConfig(kind="hf", path="x/y", columns={"image": "img", "question": "q"})
+    with pytest.raises(ValueError, match=r"unknown names \['label'\]"):
+        DatasetConfig(kind="hf", path="x/y", columns={**hf.columns, "label": "l"})
+    with pytest.raises(ValueError, match="needs 'images_dir'"):
+        DatasetConfig(kind="folder", questions="q.jsonl")
+    with pytest.raises(ValueError, match="key 'path' is for kind 'hf', not 'easyvqa'"):
+        DatasetConfig(path="x/y")
+    with pytest.raises(ValueError, match="models .* use backend 'reference'"):
+        C.from_dict({"name": "r", "dataset": {"kind": "hf", "path": "x/y", "columns": hf.columns},
+                     "models": [{"name": "m", "tier": "cloud"}],
+                     "profile": str(REPO / "configs" / "profiles" / "jetson_orin_lte.yaml")}, base=tmp_path)
+
+
+def test_builder_data_files_resolve_against_the_config_file(tmp_path):
+    (tmp_path / "cfg" / "data").mkdir(parents=True)
+    (tmp_path / "cfg" / "ds.yaml").write_text(yaml.safe_dump(
+        {"kind": "hf", "path": "parquet", "data_files": {"validation": "data/val.parquet"}, "split": "validation",
+         "columns": {"image": "image", "question": "question", "answers": "answers"}}))
+    cfg = C.from_dict({"name": "r", "dataset": "cfg/ds.yaml",
+                       "models": [{"name": "m", "tier": "cloud", "backend": "replay", "options": {"path": "o.csv"}}],
+                       "profile": str(REPO / "configs" / "profiles" / "jetson_orin_lte.yaml")}, base=tmp_path)
+    assert cfg.dataset.data_files == {"validation": str((tmp_path / "cfg" / "data" / "val.parquet").resolve())}
+    assert cfg.dataset.path == "parquet"
+    assert cfg.models[0].options["path"] == str((tmp_path / "o.csv").resolve())
+
+
+@pytest.mark.parametrize("name", ["vqav2", "gqa", "textvqa", "folder"])
+def test_ready_dataset_configs_load(tmp_path, name):
+    path = REPO / "configs" / "datasets" / f"{name}.yaml"
+    cfg = C.from_dict({"name": name, "dataset": str(path),
+                       "models": [{"name": "m", "tier": "cloud", "backend": "replay", "options": {"path": "o.csv"}}],
+                       "profile": str(REPO / "configs" / "profiles" / "jetson_orin_lte.yaml")}, base=tmp_path)
+    assert cfg.dataset.kind in ("hf", "folder") and cfg.dataset.degradations == {"clean": 1.0}
+    if name == "vqav2":
+        assert cfg.dataset.columns["answers"] == "answers.answer" and cfg.dataset.split == "validation"

@@ -1,0 +1,217 @@
+"""Tests for replaying per-sample outcomes from a file (outcomes.replay, backend "replay") and one
+end-to-end run on a folder dataset with two replay models."""
+
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image, ImageDraw
+
+from router_training import backends, config, outcomes, pipeline
+from router_training.scoring import vqa_score
+
+REPO = Path(__file__).resolve().parents[1]
+SPLITS = ("router-train", "router-val", "router-test")
+EXPECTED_TYPES = {"sample_id": "string", "image_id": "string", "split": "string", "model": "string",
+                  "tier": "string", "answer": "string", "score": pa.float32(), "confidence": pa.float32(),
+                  "compute_s": pa.float64(), "payload_bytes": pa.int64(), "error": "string"}
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+def picture(i: int) -> Image.Image:
+    im = Image.new("RGB", (40, 32), (10 * (i % 25), 120, 240 - 10 * (i % 24)))
+    ImageDraw.Draw(im).rectangle((3, 3, 8 + i % 25, 8 + i % 20), fill=(250, 250, 250))
+    return im
+
+
+def make_dataset(n=12) -> datasets.Dataset:
+    """n questions on n // 2 images; sample ids "007"-style (leading zeros must survive CSV)."""
+    return datasets.Dataset.from_dict({
+        "sample_id": [f"{i:03d}" for i in range(n)], "image_id": [f"im{i // 2}" for i in range(n)],
+        "split": [SPLITS[(i // 2) % 3] for i in range(n)], "image": [picture(i // 2) for i in range(n)],
+        "question": [f"what number is {i}?" for i in range(n)],
+        "answers": [[str(i)] if i % 3 else [str(i)] * 3 + ["x"] * 7 for i in range(n)],
+    }).cast_column("image", datasets.Image())
+
+
+def read_parts(out_dir: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in sorted(out_dir.glob("part-*.parquet"))], ignore_index=True)
+
+
+def check_schema(out_dir: Path) -> None:
+    for p in out_dir.glob("part-*.parquet"):
+        schema = pq.read_schema(p)
+        assert schema.names == list(outcomes.COLUMNS)
+        for name, t in EXPECTED_TYPES.items():
+            assert schema.field(name).type in ((pa.string(), pa.large_string()) if t == "string" else (t,)), name
+
+
+def test_replay_jsonl_computes_what_the_file_lacks(tmp_path):
+    ds = make_dataset()
+    rows = [{"qid": f"{i:03d}", "pred": str(i) if i % 2 == 0 else "wrong", "p": 0.25} for i in range(12)]
+    path = tmp_path / "edge.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = outcomes.replay(ds, "edge-vlm", "edge", path, {"sample_id": "qid", "answer": "pred", "confidence": "p"},
+                          tmp_path / "out")
+    check_schema(out)
+    t = read_parts(out).set_index("sample_id").loc[ds["sample_id"]]
+    assert (t["model"] == "edge-vlm").all() and (t["tier"] == "edge").all() and (t["error"] == "").all()
+    assert t["split"].tolist() == ds["split"] and t["image_id"].tolist() == ds["image_id"]
+    expected = [vqa_score(r["pred"], refs) for r, refs in zip(rows, ds["answers"])]
+    np.testing.assert_allclose(t["score"], expected, atol=1e-6)
+    assert t.loc["000", "score"] == pytest.approx(vqa_score("0", ["0"] * 3 + ["x"] * 7)) and t.loc["001", "score"] == 0
+    assert (t["confidence"] == 0.25).all() and (t["compute_s"] == 0.0).all()
+    for sid, r in zip(ds["sample_id"], ds):
+        assert t.loc[sid, "payload_bytes"] == backends.payload_bytes(r["image"], r["question"])
+
+
+def test_replay_csv_uses_the_files_numbers(tmp_path):
+    ds = make_dataset()
+    df = pd.DataFrame({"id": [f"{i:03d}" for i in range(12)], "text": ["NA"] * 12,
+                       "acc": [1.0] * 6 + [""] * 6, "conf": np.linspace(0, 1, 12), "secs": [0.5] * 12,
+                       "bytes": [1234] * 12})
+    path = tmp_path / "cloud.csv"
+    df.to_csv(path, index=False)
+    cols = {"sample_id": "id", "answer": "text", "score": "acc", "confidence": "conf", "compute_s": "secs",
+            "payload_bytes": "bytes"}
+    out = outcomes.replay(ds, "cloud-vlm", "cloud", path, cols, tmp_path / "out")
+    check_schema(out)
+    t = read_parts(out).set_index("sample_id").loc[ds["sample_id"]]
+    assert t.index.tolist() == [f"{i:03d}" for i in range(12)]  # leading zeros kept
+    assert (t["answer"] == "NA").all()  # not read as a missing value
+    assert (t["score"].iloc[:6] == 1.0).all()  # the file's score, even where vqa_score would say 0
+    assert (t["score"].iloc[6:] == 0.0).all()  # empty cells: computed
+    np.testing.assert_allclose(t["confidence"], np.linspace(0, 1, 12), atol=1e-6)
+    assert (t["compute_s"] == 0.5).all() and (t["payload_bytes"] == 1234).all()
+
+
+def test_replay_parquet_missing_samples_are_errors_and_rerun_adds_nothing(tmp_path):
+    ds = make_dataset()
+    have = [f"{i:03d}" for i in range(12) if i not in (4, 9)] + ["not-in-dataset"]
+    path = tmp_path / "outcomes.parquet"
+    pd.DataFrame({"sample_id": have, "answer": [str(int(s)) if s.isdigit() else "?" for s in have]}).to_parquet(path)
+    out = outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
+    check_schema(out)
+    t = read_parts(out).set_index("sample_id")
+    assert len(t) == 12 and "not-in-dataset" not in t.index
+    for sid in ("004", "009"):
+        assert t.loc[sid, "error"] == f"not in replay file {path}"
+        assert t.loc[sid, "score"] == 0 and t.loc[sid, "answer"] == ""
+    ok = t.drop(["004", "009"])
+    assert (ok["error"] == "").all() and (ok["score"] > 0).all()
+    parts = sorted(out.glob("part-*.parquet"))
+    before = {p: p.stat().st_mtime_ns for p in parts}
+    outcomes.replay(ds, "m", "edge", path, None, out)
+    assert {p: p.stat().st_mtime_ns for p in sorted(out.glob("part-*.parquet"))} == before
+    assert len(outcomes.load(tmp_path, ["out"])) == 12  # raises on duplicate rows
+
+
+def test_replay_resumes_a_partial_collection(tmp_path):
+    ds = make_dataset()
+    path = tmp_path / "o.jsonl"
+    path.write_text("".join(json.dumps({"sample_id": f"{i:03d}", "answer": str(i)}) + "\n" for i in range(12)))
+    outcomes.replay(ds.select(range(5)), "m", "cloud", path, None, tmp_path / "out")
+    outcomes.replay(ds, "m", "cloud", path, None, tmp_path / "out")
+    t = read_parts(tmp_path / "out")
+    assert len(t) == 12 and t["sample_id"].is_unique and len(list((tmp_path / "out").glob("part-*"))) == 2
+
+
+def test_replay_file_errors(tmp_path):
+    ds = make_dataset(4)
+    path = tmp_path / "o.csv"
+    pd.DataFrame({"sample_id": ["000", "001"], "prediction": ["a", "b"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"column 'answer' \(for our 'answer'\) not found; available columns: "
+                                         r"\['sample_id', 'prediction'\]"):
+        outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"column 'conf' \(for our 'confidence'\) not found"):
+        outcomes.replay(ds, "m", "edge", path, {"answer": "prediction", "confidence": "conf"}, tmp_path / "out")
+    pd.DataFrame({"sample_id": ["000", "000"], "answer": ["a", "b"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="sample_id '000' is on more than one row"):
+        outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
+    pd.DataFrame({"sample_id": ["000"], "answer": ["a"], "score": ["high"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="'score'.* must hold numbers"):
+        outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
+    pd.DataFrame({"sample_id": ["000"], "answer": ["a"], "confidence": [3.0]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
+    (tmp_path / "o.xlsx").write_text("x")
+    with pytest.raises(ValueError, match="unknown format"):
+        outcomes.replay(ds, "m", "edge", tmp_path / "o.xlsx", None, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        outcomes.replay(ds, "m", "edge", tmp_path / "nope.jsonl", None, tmp_path / "out")
+    assert not list((tmp_path / "out").glob("part-*"))
+
+
+def test_replay_model_config(tmp_path):
+    with pytest.raises(ValueError, match="backend 'replay' takes options"):
+        config.ModelConfig(name="m", tier="edge", backend="replay", options={})
+    with pytest.raises(ValueError, match="backend 'replay' takes options"):
+        config.ModelConfig(name="m", tier="edge", backend="replay", options={"path": "x.csv", "colums": {}})
+    with pytest.raises(ValueError, match="backend 'replay' takes options"):
+        config.ModelConfig(name="m", tier="edge", backend="replay", options={"path": "x.csv", "columns": {"id": "q"}})
+    m = config.ModelConfig(name="m", tier="edge", backend="replay", options={"path": "x.csv"})
+    cfg = config.Config("r", config.DatasetConfig(), [m], None, None, None, tmp_path)
+    with pytest.raises(ValueError, match="no backend to run"):
+        pipeline.make_backend(cfg, "m")
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end: a folder dataset, two replay models, every stage
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_pipeline_on_a_folder_dataset_with_replay_models(tmp_path):
+    """48 questions on 24 images; the edge model is right on the yes/no half, the cloud model on all."""
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    questions, edge, cloud = [], [], []
+    for i in range(24):
+        im = picture(i)
+        if i % 3 == 0:
+            im = im.resize((20, 16))  # some small images, so image features vary
+        im.save(mine / "images" / f"{i}.png")
+        for j, (q, a) in enumerate([(f"is there a white box in {i}?", "yes"), (f"what number is image {i}?", str(i))]):
+            qid = f"{i}-{j}"
+            questions.append({"image": f"{i}.png", "question": q, "answers": a, "question_id": qid})
+            edge.append({"question_id": qid, "output": a if j == 0 else "no idea", "latency": 0.05})
+            cloud.append({"qid": qid, "answer": a, "confidence": 0.9, "compute_s": 0.2})
+    (mine / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in questions))
+    (mine / "edge.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edge))
+    pd.DataFrame(cloud).to_csv(mine / "cloud.csv", index=False)
+    run = {
+        "name": "byod",
+        "dataset": {"kind": "folder", "images_dir": "mine/images", "questions": "mine/questions.jsonl"},
+        "models": [
+            {"name": "edge-vlm", "tier": "edge", "backend": "replay",
+             "options": {"path": "mine/edge.jsonl",
+                         "columns": {"sample_id": "question_id", "answer": "output", "compute_s": "latency"}}},
+            {"name": "cloud-vlm", "tier": "cloud", "backend": "replay",
+             "options": {"path": "mine/cloud.csv", "columns": {"sample_id": "qid"}}},
+        ],
+        "profile": str(REPO / "configs" / "profiles" / "jetson_orin_lte.yaml"),
+        "router": {"epochs": 3, "batch_size": 16},
+        "tune": {"n_trials": 10},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    cfg = config.load(tmp_path / "run.yaml", workdir=tmp_path / "work")
+    table = pipeline.run(cfg)
+    for row in ("all-edge (edge-vlm)", "all-cloud (cloud-vlm)", "oracle", "router"):
+        assert f"| {row} |" in table
+    t = outcomes.load(cfg.path("data") / "outcomes", cfg.model_names)
+    assert len(t) == 96 and (t["error"] == "").all()
+    acc = t.groupby("model")["score"].mean()
+    assert acc["edge-vlm"] == 0.5 and acc["cloud-vlm"] == 1.0
+    assert set(t["split"]) == set(SPLITS) and t.groupby("image_id")["split"].nunique().max() == 1
+    rep = json.loads((cfg.path("runs") / "report.json").read_text())["policies"]
+    assert rep["all-cloud (cloud-vlm)"]["accuracy"] == 1.0 and rep["oracle"]["accuracy"] == 1.0
+    assert (cfg.path("export") / "router.onnx").is_file() and (cfg.path("runs") / "report.md").is_file()
