@@ -181,7 +181,8 @@ def stage_report(cfg: Config) -> str:
     report.sweep_plot(out / "sweep.png", {"router (threshold sweep)": sweep}, rows,
                       f"{cfg.name}: router-test, profile {cfg.profile.name}")
     info = data.build_router_dataset(cfg).select_columns(["sample_id", "degradation", "severity"]).to_pandas()
-    by_deg = report.accuracy_by_degradation(table[table["split"] == "router-test"], info, cfg.model_names)
+    by_deg = report.accuracy_by_degradation(table[table["split"] == "router-test"], info, cfg.model_names,
+                                            cfg.dataset.severity)
     return report.write(out, rows, by_deg, {"sweep": sweep, "decision": d, "profile": cfg.profile.to_dict()})
 
 

@@ -45,16 +45,20 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join([head, sep, *body])
 
 
-def accuracy_by_degradation(table: pd.DataFrame, info: pd.DataFrame, models: list[str]) -> pd.DataFrame:
-    """Mean VQA score per model (columns) by degradation kind and severity band (rows), with counts.
-    ``info`` has sample_id, degradation, severity."""
+def accuracy_by_degradation(table: pd.DataFrame, info: pd.DataFrame, models: list[str],
+                            severity: tuple[float, float]) -> pd.DataFrame:
+    """Mean VQA score per model (columns) by degradation kind and severity band (rows: the config's
+    severity range in thirds), with question counts. ``info`` has sample_id, degradation, severity."""
     df = table.merge(info, on="sample_id")
-    df["severity band"] = pd.cut(df["severity"], [-0.01, 0.0, 0.47, 0.74, 1.0],
-                                 labels=["none", "low (0.2-0.47)", "mid (0.47-0.74)", "high (0.74-1)"])
-    out = df.pivot_table(index=["degradation", "severity band"], columns="model", values="score",
-                         aggfunc="mean", observed=True)[models]
-    out["n questions"] = df[df["model"] == models[0]].groupby(["degradation", "severity band"], observed=True).size()
-    return out
+    lo, hi = severity
+    edges = np.linspace(lo, hi, 4)
+    labels = [f"{a:.2f}-{b:.2f}" for a, b in zip(edges[:-1], edges[1:])]
+    df["severity"] = np.where(df["degradation"] == "clean", "-",
+                              pd.cut(df["severity"], edges, labels=labels, include_lowest=True).astype(str))
+    keys = ["degradation", "severity"]
+    out = df.pivot_table(index=keys, columns="model", values="score", aggfunc="mean")[models]
+    out["n questions"] = df[df["model"] == models[0]].groupby(keys).size()
+    return out.reset_index()
 
 
 def sweep_plot(path: Path, curves: dict, points: dict, title: str) -> None:
@@ -87,7 +91,7 @@ def write(out_dir: Path, rows: dict, by_degradation: pd.DataFrame, extra: dict) 
     table = markdown(to_frame(rows))
     md = ["# Router report (router-test)", "", table, "",
           "## Reference-model accuracy by degradation (router-test)", "",
-          by_degradation.round(3).to_markdown(), ""]
+          by_degradation.round(3).to_markdown(index=False), ""]
     (out_dir / "report.md").write_text("\n".join(md))
     (out_dir / "report.json").write_text(json.dumps({"policies": rows, **extra}, indent=2, default=float))
     return table
