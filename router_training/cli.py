@@ -1,19 +1,23 @@
 """``router-train``: the pipeline's command line.
 
     router-train run CONFIG            all stages, printing the report table
-    router-train STAGE CONFIG          one stage: data, reference, collect, features, fit, tune, export, report
+    router-train STAGE CONFIG          one stage: data, reference, collect, features, fit, tune, export,
+                                       report (= evaluate: the full evaluation report)
+    router-train collect CONFIG --devices 4 --strategy ddp     collection on 4 processes (Lightning DDP)
     router-train route --artifact DIR --image PATH --question TEXT
+    router-train search CONFIG [--storage URL --study NAME]   hyperparameter search (start N times: N workers)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 
-STAGES = ("data", "reference", "collect", "features", "fit", "tune", "export", "report")
+STAGES = ("data", "reference", "collect", "features", "fit", "tune", "export", "report", "evaluate")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +30,29 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--workdir", default=".", help="where data/, checkpoints/, export/, runs/ go (default: .)")
         if name in ("fit", "tune"):
             s.add_argument("--force", action="store_true", help="recompute even if cached")
+        if name in ("run", "collect"):
+            g = s.add_argument_group("distributed collection (override the config's collect section)")
+            g.add_argument("--devices", help="processes per node: an int, 'auto', or device indices '0,1'")
+            g.add_argument("--strategy", help="Lightning strategy: ddp (re-runs this command per process) or ddp_spawn")
+            g.add_argument("--num-nodes", type=int, help="nodes taking part (default 1)")
+            g.add_argument("--accelerator", help="cpu, gpu or auto")
+    s = sub.add_parser("search", help="hyperparameter search: one router trained per Optuna trial; exports the best",
+                       description="Hyperparameter search over the config's search section. Start the same "
+                                   "command N times (any machines sharing --storage) to run N workers on one "
+                                   "study; each runs trials until the study holds n_trials, and the outputs and "
+                                   "export are written once the study is done.")
+    s.add_argument("config", help="run config YAML (e.g. configs/easyvqa.yaml)")
+    s.add_argument("--workdir", default=".", help="where data/, checkpoints/, export/, runs/ go (default: .)")
+    s.add_argument("--storage", help="SQLAlchemy URL of the study storage (default sqlite:///<workdir>/data/<run>/optuna.db), "
+                                     "e.g. postgresql+psycopg2://user:pass@host:5432/db")
+    s.add_argument("--study", help="study name (default: <run>-search-<mode>-<digest of the settings>)")
+    s.add_argument("--n-trials", type=int, help="total trials over all workers (default: search.n_trials)")
+    s.add_argument("--pick", type=int, metavar="N", help="export trial N (e.g. a Pareto point from front.md) "
+                                                        "instead of the best trial")
+    s.add_argument("--no-export", action="store_true", help="only run trials and write the plots and tables")
+    s.add_argument("--worker-index", type=int, help="sampler seed = search.seed + this (default: a random seed, "
+                                                    "so identical workers explore differently)")
+    s.add_argument("--threads", type=int, help="torch CPU threads of this worker (e.g. cores / workers)")
     r = sub.add_parser("route", help="route one query with an exported router (no torch needed)")
     r.add_argument("--artifact", required=True, help="export folder with manifest.json and router.onnx")
     r.add_argument("--image", required=True)
@@ -35,9 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _devices(value: str | None):
+    """--devices: "4" -> 4, "0,1" -> [0, 1], "auto" stays."""
+    if value is None or "," not in value:
+        return value
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("router_training").setLevel(logging.INFO)
     if args.command == "route":
         from PIL import Image
 
@@ -56,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"router-train: {e}", file=sys.stderr)
         return 2
     cmd = args.command
+    if cmd in ("run", "collect"):
+        try:
+            over = {k: v for k, v in (("devices", _devices(args.devices)), ("strategy", args.strategy),
+                                      ("num_nodes", args.num_nodes), ("accelerator", args.accelerator))
+                    if v is not None}
+            cfg.collect = dataclasses.replace(cfg.collect, **over)
+        except ValueError as e:
+            print(f"router-train: {e}", file=sys.stderr)
+            return 2
     if cmd == "run":
         print(pipeline.run(cfg))
     elif cmd == "data":
@@ -74,8 +118,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(pipeline.stage_tune(cfg, force=args.force), indent=2))
     elif cmd == "export":
         print(json.dumps(pipeline.stage_export(cfg), indent=2))
-    elif cmd == "report":
+    elif cmd in ("report", "evaluate"):  # the report stage is the evaluation harness
         print(pipeline.stage_report(cfg))
+    elif cmd == "search":
+        from . import search
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        try:
+            summary = search.stage_search(cfg, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
+                                          pick=args.pick, export=not args.no_export, worker_index=args.worker_index)
+        except search.SearchError as e:
+            print(f"router-train: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Run configuration, composed from data: dataset, models, deployment profile, router, tuning.
 
-A run config is a YAML mapping with keys ``name``, ``dataset``, ``models``, ``profile``, ``router`` and
-``tune``. Any of the five parts may be given inline or as a path to another YAML file (relative to the
+A run config is a YAML mapping with keys ``name``, ``dataset``, ``models``, ``profile``, ``router``,
+``tune`` and (optional) ``collect`` and ``search``. Any of the parts may be given inline or as a path to another YAML file (relative to the
 file that names it), so profiles and model sets are shared between runs. Generated files go under a
 work directory chosen at run time (``--workdir``, default the current directory), never the checkout.
 """
@@ -189,7 +189,12 @@ class RouterConfig:
     lambda_energy: float = 0.1
     cost_weight: float = 0.5
     temperature: float = 0.1
+    label_smoothing: float = 0.0  # BCE targets s * (1 - eps) + eps / 2
     seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"router.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
 
 @dataclass
@@ -208,6 +213,213 @@ class TuneConfig:
 
 
 @dataclass
+class CollectConfig:
+    """How outcomes are collected (``pipeline.stage_collect``). ``batch_size``: samples per backend call
+    and per outcome part. By default one process runs the models (``outcomes.collect``); with
+    ``devices`` other than 1, ``num_nodes`` > 1 or a ``strategy``, collection runs on Lightning's
+    distributed prediction (``distributed.collect``): ``devices`` processes per node (an int, "auto" or a
+    list of device indices), ``num_nodes`` nodes, ``strategy`` "ddp" (default then; re-runs the command
+    per process) or "ddp_spawn", ``accelerator`` "cpu", "gpu" or "auto". ``num_workers``: DataLoader
+    processes per rank that decode images. ``router-train collect/run --devices N --strategy S`` override."""
+
+    devices: int | str | list = 1
+    strategy: str | None = None
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    batch_size: int = 64
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.devices, str) and self.devices.lstrip("-").isdigit():
+            self.devices = int(self.devices)
+        d = self.devices
+        if not ((isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1)) or d == "auto"
+                or (isinstance(d, list) and d and all(isinstance(i, int) for i in d))):
+            raise ValueError(f"collect.devices must be a positive int, -1, 'auto' or a list of device indices, "
+                             f"got {d!r}")
+        for key in ("num_nodes", "batch_size"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"collect.{key} must be a positive int, got {v!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"collect.num_workers must be an int >= 0, got {self.num_workers!r}")
+        if self.strategy is not None and not isinstance(self.strategy, str):
+            raise ValueError(f"collect.strategy must be a Lightning strategy name such as 'ddp', got {self.strategy!r}")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether collection runs on Lightning's distributed prediction (else the single-process path)."""
+        return self.devices != 1 or self.num_nodes > 1 or self.strategy is not None
+
+
+# router fields a search space may name besides RouterConfig's own (``hidden`` is hidden_width x depth;
+# ``feature_groups`` masks feature columns; ``threshold`` is the decision threshold of the edge models)
+SEARCH_EXTRA_PARAMS = ("hidden_width", "depth", "feature_groups", "threshold")
+FEATURE_GROUPS = ("image", "text")
+SEARCH_MODES = ("single", "multi")
+SEARCH_SAMPLERS = ("tpe", "nsga2", "random")
+SEARCH_PRUNERS = ("none", "median", "percentile", "hyperband", "successive_halving", "threshold")
+_INT_PARAMS = {"epochs": 1, "batch_size": 1, "hidden_width": 1, "depth": 0, "seed": 0}  # name -> lowest value
+
+
+def default_search_space() -> dict:
+    return {
+        "lr": {"float": [1e-4, 1e-2], "log": True},
+        "hidden_width": {"int": [16, 128], "log": True},
+        "depth": {"int": [1, 3]},
+        "dropout": {"float": [0.0, 0.3]},
+        "weight_decay": {"float": [1e-6, 1e-2], "log": True},
+        "lambda_latency": {"float": [0.0, 1.0]},
+        "lambda_energy": {"float": [0.0, 1.0]},
+        "label_smoothing": {"float": [0.0, 0.1]},
+        "feature_groups": {"categorical": ["image+text", "image", "text"]},
+    }
+
+
+def _feature_group_choice(choice, where: str) -> str:
+    """A feature_groups choice ("image+text", "text" or a list such as [image, text]) as the canonical
+    string "image+text" / "image" / "text"."""
+    parts = choice.split("+") if isinstance(choice, str) else choice
+    if not isinstance(parts, (list, tuple)) or not parts or any(p not in FEATURE_GROUPS for p in parts):
+        raise ValueError(f"{where}: each choice is a '+'-joined or listed subset of {list(FEATURE_GROUPS)} "
+                         f"(e.g. 'image+text', 'text', [image, text]), got {choice!r}")
+    return "+".join(g for g in FEATURE_GROUPS if g in parts)
+
+
+def parse_search_space(space: dict) -> dict:
+    """Check a search space and normalise it: name -> {"float"|"int": [low, high], "log": bool, "step":
+    number or None} or {"categorical": [choices]}. Names are RouterConfig fields (not ``hidden``) or
+    ``SEARCH_EXTRA_PARAMS``. Raises ValueError naming the entry."""
+    if not isinstance(space, dict) or not space:
+        raise ValueError("search.space: expected a non-empty mapping of parameter -> distribution, e.g. "
+                         "{lr: {float: [1e-4, 1e-2], log: true}, depth: {int: [1, 3]}}")
+    allowed = sorted({f.name for f in dataclasses.fields(RouterConfig)} - {"hidden"} | set(SEARCH_EXTRA_PARAMS))
+    out = {}
+    for name, spec in space.items():
+        where = f"search.space.{name}"
+        if name not in allowed:
+            hint = " (search hidden_width and depth instead)" if name == "hidden" else ""
+            raise ValueError(f"{where}: unknown parameter{hint}; allowed: {allowed}")
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: expected a mapping such as {{float: [low, high], log: false}}, "
+                             f"{{int: [low, high]}} or {{categorical: [...]}}, got {spec!r}")
+        kinds = [k for k in ("float", "int", "categorical") if k in spec]
+        if len(kinds) != 1:
+            raise ValueError(f"{where}: give exactly one of float, int, categorical, got keys {sorted(spec)}")
+        kind = kinds[0]
+        extra = set(spec) - {kind, "log", "step"} if kind != "categorical" else set(spec) - {kind}
+        if extra:
+            raise ValueError(f"{where}: unknown keys {sorted(extra)} for a {kind} distribution")
+        if kind == "categorical":
+            choices = spec["categorical"]
+            if not isinstance(choices, list) or not choices:
+                raise ValueError(f"{where}: categorical needs a non-empty list of choices, got {choices!r}")
+            if name == "feature_groups":
+                choices = list(dict.fromkeys(_feature_group_choice(c, where) for c in choices))
+            elif any(c is not None and not isinstance(c, (bool, int, float, str)) for c in choices):
+                raise ValueError(f"{where}: categorical choices must be numbers, strings, booleans or null")
+            out[name] = {"categorical": choices}
+            continue
+        if name == "feature_groups":
+            raise ValueError(f"{where}: feature_groups takes {{categorical: [...]}}, e.g. "
+                             "{categorical: [image+text, image, text]}")
+        bounds = spec[kind]
+        if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
+            raise ValueError(f"{where}: {kind} needs [low, high], got {bounds!r}")
+        low, high = bounds
+        if low > high:
+            raise ValueError(f"{where}: low {low} is above high {high}")
+        if kind == "int" and not all(float(b).is_integer() for b in bounds):
+            raise ValueError(f"{where}: int bounds must be integers, got {bounds!r}")
+        if kind == "float" and name in _INT_PARAMS:
+            raise ValueError(f"{where}: {name} is an integer; use {{int: [low, high]}}")
+        if name in _INT_PARAMS and low < _INT_PARAMS[name]:
+            raise ValueError(f"{where}: {name} must be >= {_INT_PARAMS[name]}, got low {low}")
+        log, step = bool(spec.get("log", False)), spec.get("step")
+        if log and low <= 0:
+            raise ValueError(f"{where}: a log distribution needs low > 0, got {low}")
+        if log and step is not None and (kind == "float" or step != 1):
+            raise ValueError(f"{where}: log and step cannot be combined")
+        if step is not None and (not isinstance(step, (int, float)) or step <= 0):
+            raise ValueError(f"{where}: step must be a positive number, got {step!r}")
+        out[name] = {kind: [int(low), int(high)] if kind == "int" else [float(low), float(high)], "log": log,
+                     "step": (int(step) if kind == "int" else float(step)) if step is not None else None}
+    return out
+
+
+@dataclass
+class SearchConfig:
+    """Hyperparameter search (``router-train search``): each trial trains a router (``fit.fit``) with
+    parameters drawn from ``space``, picks its decision threshold on router-val and is scored on router-val.
+
+    - ``space``: parameter -> distribution, ``{float: [low, high], log: bool, step: x}``,
+      ``{int: [low, high], log, step}`` or ``{categorical: [choices]}``. Parameters: RouterConfig fields
+      (lr, weight_decay, dropout, epochs, batch_size, lambda_latency, lambda_energy, label_smoothing,
+      cost_weight, temperature), ``hidden_width`` and ``depth`` (hidden = [hidden_width] * depth),
+      ``feature_groups`` (categorical over "image+text", "image", "text": the other group's feature
+      columns are masked) and ``threshold`` (the edge models' decision threshold; searched in multi
+      mode even when not listed). Unlisted parameters keep the ``router`` section's values.
+    - ``mode``: "single" maximises the edge share subject to accuracy >= ``min_cloud_accuracy_ratio`` x
+      all-cloud accuracy on router-val (an Optuna constraint; the threshold comes from a sweep of
+      ``threshold_grid`` values on router-val); "multi" finds the Pareto front of (accuracy, mean latency,
+      mean energy) on router-val, with the accuracy floor as a constraint unless the ratio is null.
+    - ``sampler``: "tpe" (default in single mode), "nsga2" (default in multi mode) or "random", or a
+      mapping {name: {keyword arguments}}; ``pruner``: "median" (default), "percentile", "hyperband",
+      "successive_halving", "threshold" or "none", or {name: {keyword arguments}}. Pruning watches the
+      objective on router-val after every epoch (single mode; Optuna cannot prune multi-objective trials).
+    - ``n_trials``: total over all workers sharing the study (finished or pruned trials).
+    - ``heartbeat_interval`` / ``grace_period`` (s): a worker's running trial whose heartbeat is older
+      than ``grace_period`` is marked failed (and retried once) by the next worker that checks.
+    - ``wandb``: log each trial to wandb (offline, grouped by study) besides CSV.
+    """
+
+    space: dict = field(default_factory=default_search_space)
+    n_trials: int = 40
+    mode: str = "single"
+    min_cloud_accuracy_ratio: float | None = 0.99
+    sampler: str | dict | None = None
+    pruner: str | dict | None = field(default_factory=lambda: {"median": {"n_startup_trials": 5,
+                                                                          "n_warmup_steps": 5}})
+    threshold_grid: int = 101
+    seed: int = 0
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    wandb: bool = True
+
+    def __post_init__(self):
+        self.space = parse_search_space(self.space)
+        if self.mode not in SEARCH_MODES:
+            raise ValueError(f"search.mode must be one of {SEARCH_MODES}, got {self.mode!r}")
+        if not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ValueError(f"search.n_trials must be a positive int, got {self.n_trials!r}")
+        r = self.min_cloud_accuracy_ratio
+        if r is None and self.mode == "single":
+            raise ValueError("search.min_cloud_accuracy_ratio: single mode needs an accuracy floor")
+        if r is not None and not (isinstance(r, (int, float)) and 0 < r <= 2):
+            raise ValueError(f"search.min_cloud_accuracy_ratio must be in (0, 2], got {r!r}")
+        for key, names in (("sampler", SEARCH_SAMPLERS), ("pruner", SEARCH_PRUNERS)):
+            v = getattr(self, key)
+            if v is None:
+                continue
+            if isinstance(v, str):
+                v = {v: {}}
+            if not (isinstance(v, dict) and len(v) == 1 and next(iter(v)) in names
+                    and isinstance(next(iter(v.values())) or {}, dict)):
+                raise ValueError(f"search.{key} must be one of {names} or a mapping {{name: {{options}}}}, "
+                                 f"got {getattr(self, key)!r}")
+            setattr(self, key, {next(iter(v)): dict(next(iter(v.values())) or {})})
+        if not isinstance(self.threshold_grid, int) or self.threshold_grid < 2:
+            raise ValueError(f"search.threshold_grid must be an int >= 2, got {self.threshold_grid!r}")
+        for key in ("heartbeat_interval", "grace_period"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"search.{key} must be a positive int (seconds), got {v!r}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError("search.grace_period must exceed search.heartbeat_interval")
+
+
+@dataclass
 class Config:
     name: str
     dataset: DatasetConfig
@@ -216,6 +428,8 @@ class Config:
     router: RouterConfig
     tune: TuneConfig
     workdir: Path = Path(".")
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     @property
     def model_names(self) -> list[str]:
@@ -278,6 +492,8 @@ def from_dict(d: dict, base: Path = Path("."), workdir: Path | str = ".") -> Con
         router=_build(RouterConfig, _part(d.get("router", {}), base)[0], "router"),
         tune=_build(TuneConfig, _part(d.get("tune", {}), base)[0], "tune"),
         workdir=Path(workdir).resolve(),
+        collect=_build(CollectConfig, _part(d.get("collect") or {}, base)[0], "collect"),
+        search=_build(SearchConfig, _part(d.get("search") or {}, base)[0], "search"),
     )
 
 

@@ -13,6 +13,7 @@ analysis only, never router features).
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import io
 import json
 import logging
@@ -470,7 +471,13 @@ def build_router_dataset(cfg: Config) -> datasets.Dataset:
     Cached with ``save_to_disk`` under ``data/<name>/router_dataset``; a rerun loads the cache.
     """
     out = cfg.path("data") / "router_dataset"
+    stamp = cfg.path("data") / "dataset_config.json"
+    wanted = json.loads(json.dumps(dataclasses.asdict(cfg.dataset)))
     if (out / "dataset_info.json").exists():
+        if stamp.exists() and json.loads(stamp.read_text()) != wanted:
+            changed = sorted(k for k, v in json.loads(stamp.read_text()).items() if wanted.get(k) != v)
+            raise ValueError(f"{cfg.path('data')} was built from another dataset config (changed: {changed}); its "
+                             "outcomes and features belong to that data. Delete that folder or use a new run name.")
         return datasets.load_from_disk(str(out))
     dc = cfg.dataset
     tmp = out.parent / ".router_dataset.build"  # intermediate Arrow files, not the user's HF cache
@@ -481,6 +488,7 @@ def build_router_dataset(cfg: Config) -> datasets.Dataset:
         ds = router_splits(base, dc.splits, dc.degradations, dc.severity, dc.seed,
                            reencode_clean=dc.kind == "easyvqa", cache_file=tmp / "splits.arrow")
         ds.save_to_disk(str(out))
+        stamp.write_text(json.dumps(wanted, indent=2))
         n_images = len(set(ds["image_id"]))
         del base, ds
     finally:

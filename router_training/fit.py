@@ -103,7 +103,8 @@ class RouterModule(L.LightningModule):
     Per sample i and model m with logit z_im, p_im = sigmoid(z_im), observed VQA score s_im, latency
     l_im (s) and energy e_im (J):
 
-    - correctness loss: BCE(z_im, s_im), averaged;
+    - correctness loss: BCE(z_im, s_im), averaged (with ``label_smoothing`` eps the targets are
+      s_im * (1 - eps) + eps / 2);
     - realised cost c_im = -s_im + lambda_latency * l_im / L_ref + lambda_energy * e_im / E_ref, with
       L_ref, E_ref the all-cloud means on router-train;
     - soft routing distribution pi_i = softmax_m(-(-p_im + lambda_latency * Lbar_m / L_ref +
@@ -131,7 +132,8 @@ class RouterModule(L.LightningModule):
     def losses(self, batch):
         x, score, lat, en = batch
         logits = self.net(x)
-        bce = F.binary_cross_entropy_with_logits(logits, score)
+        eps = self.rc.label_smoothing
+        bce = F.binary_cross_entropy_with_logits(logits, score * (1.0 - eps) + 0.5 * eps if eps else score)
         h = self.hparams
         realised = -score + self.rc.lambda_latency * lat / h.ref_latency_s + self.rc.lambda_energy * en / h.ref_energy_j
         pi = torch.softmax(-(-torch.sigmoid(logits) + self.prior_cost) / self.rc.temperature, dim=1)
@@ -178,9 +180,12 @@ class RouterDataModule(L.LightningDataModule):
 
 
 def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_dir: Path,
-        loggers: bool = True, callbacks: list | None = None, progress: bool = True) -> tuple[RouterModule, RouterDataModule]:
+        loggers: bool | str = True, callbacks: list | None = None, progress: bool = True,
+        wandb_options: dict | None = None) -> tuple[RouterModule, RouterDataModule]:
     """Train a router; the best epoch by ``val_loss`` is restored and saved as ``out_dir/best.ckpt``.
-    With ``loggers`` it logs to CSV and to wandb in offline mode under ``out_dir``.
+    With ``loggers`` it logs to CSV and to wandb in offline mode under ``out_dir`` (``loggers="csv"``:
+    CSV only; ``wandb_options``: further ``WandbLogger`` arguments, e.g. group, name, config, save_dir).
+    An exception raised by a callback (e.g. ``optuna.TrialPruned``) propagates after the wandb run ends.
     Returns the trained module (eval mode) and its data module (for the standardisation)."""
     L.seed_everything(rc.seed, verbose=False)
     dm = RouterDataModule(train, val, rc.batch_size)
@@ -191,18 +196,23 @@ def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_loss",
                                                enable_version_counter=False)
     logs = False
+    use_wandb = bool(loggers) and loggers != "csv"
     if loggers:
+        logs = [L.pytorch.loggers.CSVLogger(out_dir, name="logs")]
+    if use_wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
-        logs = [L.pytorch.loggers.CSVLogger(out_dir, name="logs"),
-                L.pytorch.loggers.WandbLogger(project="router-training", save_dir=str(out_dir), offline=True)]
+        logs.append(L.pytorch.loggers.WandbLogger(**{"project": "router-training", "save_dir": str(out_dir),
+                                                     "offline": True, **(wandb_options or {})}))
     trainer = L.Trainer(max_epochs=rc.epochs, accelerator="cpu", logger=logs, log_every_n_steps=5,
                         callbacks=[ckpt, *(callbacks or [])], enable_model_summary=False,
                         enable_progress_bar=progress)
-    trainer.fit(module, datamodule=dm)
-    if loggers:
-        import wandb
+    try:
+        trainer.fit(module, datamodule=dm)
+    finally:
+        if use_wandb:
+            import wandb
 
-        wandb.finish()
+            wandb.finish()
     best = RouterModule.load_from_checkpoint(ckpt.best_model_path, weights_only=False)
     return best.eval(), dm
 

@@ -1,6 +1,8 @@
 """Outcome tables: the contract between collection and every later stage.
 
-Parquet, one row per (sample, model), under ``data/<run>/outcomes/<model>/part-*.parquet``:
+Parquet, one row per (sample, model), under ``data/<run>/outcomes/<model>/``: ``part-NNNNN.parquet``
+written by a single-process collection (``collect``, ``replay``) and ``part-r<rank>-NNNNN.parquet``
+written by each process of a distributed one (``distributed.collect``); ``load`` merges both:
 
 =============== ======= ==========================================================================
 column          dtype   meaning
@@ -26,6 +28,7 @@ them from a deployment profile, so a new profile needs no re-collection.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -82,34 +85,59 @@ def collect(ds, model: str, tier: str, make_backend: Callable[[], Backend], out_
             answers = _answer_batch(backend, rows["image"], rows["question"], rows["sample_id"])
             if len(answers) != len(rows):
                 raise RuntimeError(f"{backend.name} returned {len(answers)} answers for {len(rows)} queries")
-            table = pd.DataFrame({
-                "sample_id": rows["sample_id"], "image_id": rows["image_id"], "split": rows["split"],
-                "model": model, "tier": tier,
-                "answer": [a.text for a in answers],
-                "score": np.array([0.0 if a.error else vqa_score(a.text, refs)
-                                   for a, refs in zip(answers, rows["answers"])], dtype=np.float32),
-                "confidence": np.array([a.confidence for a in answers], dtype=np.float32),
-                "compute_s": np.array([a.compute_s for a in answers], dtype=np.float64),
-                "payload_bytes": np.array([a.payload_bytes for a in answers], dtype=np.int64),
-                "error": [a.error for a in answers],
-            })
-            _write_part(table, out_dir, next_part)
+            _write_part(outcome_rows(rows, model, tier, answers), out_dir, next_part)
             next_part += 1
             bar.update(len(rows))
     return out_dir
 
 
-def _write_part(table: pd.DataFrame, out_dir: Path, number: int) -> None:
-    tmp = out_dir / f".part-{number:05d}.tmp"
+def outcome_rows(rows, model: str, tier: str, answers: list[Answer]) -> pd.DataFrame:
+    """Outcome rows (``COLUMNS``, documented dtypes) for ``rows`` (a mapping of column -> list with at
+    least sample_id, image_id, split and answers, e.g. a ``datasets`` batch) and the backend's answers."""
+    return pd.DataFrame({
+        "sample_id": list(rows["sample_id"]), "image_id": list(rows["image_id"]), "split": list(rows["split"]),
+        "model": model, "tier": tier,
+        "answer": [a.text for a in answers],
+        "score": np.array([0.0 if a.error else vqa_score(a.text, refs)
+                           for a, refs in zip(answers, rows["answers"])], dtype=np.float32),
+        "confidence": np.array([a.confidence for a in answers], dtype=np.float32),
+        "compute_s": np.array([a.compute_s for a in answers], dtype=np.float64),
+        "payload_bytes": np.array([a.payload_bytes for a in answers], dtype=np.int64),
+        "error": [a.error for a in answers],
+    }, columns=list(COLUMNS))
+
+
+def _write_part(table: pd.DataFrame, out_dir: Path, number: int, stem: str = "part") -> None:
+    """Write ``out_dir/<stem>-NNNNN.parquet`` (stem "part", or "part-r<rank>" for a distributed process)."""
+    tmp = out_dir / f".{stem}-{number:05d}.tmp"
     table.to_parquet(tmp, index=False)
-    tmp.rename(out_dir / f"part-{number:05d}.parquet")  # atomic: a killed run leaves no half part
+    tmp.rename(out_dir / f"{stem}-{number:05d}.parquet")  # atomic: a killed run leaves no half part
+
+
+_PART = re.compile(r"part-(?:r(\d+)-)?(\d+)")  # part-NNNNN (one process) or part-r<rank>-NNNNN (distributed)
+
+
+def parts(out_dir: Path) -> list[Path]:
+    """The outcome parts in ``out_dir``, both naming schemes, in a stable order (by name)."""
+    return sorted(p for p in out_dir.glob("part-*.parquet") if _PART.fullmatch(p.stem))
+
+
+def next_part(out_dir: Path, rank: int | None = None) -> int:
+    """The next free part number of ``part-NNNNN`` (``rank`` None) or ``part-r<rank>-NNNNN``."""
+    numbers = [int(m[2]) for m in (_PART.fullmatch(p.stem) for p in parts(out_dir))
+               if (m[1] is None if rank is None else m[1] is not None and int(m[1]) == rank)]
+    return max(numbers, default=-1) + 1
+
+
+def done_ids(out_dir: Path) -> set:
+    """Sample ids already collected in ``out_dir`` (all parts, both naming schemes)."""
+    found = parts(out_dir)
+    return set(pd.concat([pd.read_parquet(p, columns=["sample_id"]) for p in found])["sample_id"]) if found else set()
 
 
 def _done(out_dir: Path) -> tuple[set, int]:
-    """Sample ids already collected in ``out_dir`` and the next part number."""
-    parts = sorted(out_dir.glob("part-*.parquet"))
-    done = set(pd.concat([pd.read_parquet(p, columns=["sample_id"]) for p in parts])["sample_id"]) if parts else set()
-    return done, max((int(p.stem.split("-")[1]) for p in parts), default=-1) + 1
+    """Sample ids already collected in ``out_dir`` and the next ``part-NNNNN`` number."""
+    return done_ids(out_dir), next_part(out_dir)
 
 
 # replay: our column -> required?
@@ -247,20 +275,39 @@ def replay(ds, model: str, tier: str, path: Path | str, columns: dict | None, ou
     return out_dir
 
 
+# columns that may differ between two collections of the same sample by the same model
+TIMING_COLUMNS = ("compute_s",)
+
+
 def load(root: Path, models: list[str]) -> pd.DataFrame:
-    """All outcome rows for ``models`` under ``root/<model>/``, in ``models`` order.
-    Raises FileNotFoundError naming a model with no outcomes and ValueError on duplicate rows."""
+    """All outcome rows for ``models`` under ``root/<model>/`` (parts of single-process and distributed
+    collections, merged), in ``models`` order, columns ``COLUMNS``.
+
+    A (sample, model) pair found more than once is kept once (its first part by name) when the copies
+    agree on everything but timing (``TIMING_COLUMNS``); copies that disagree raise ValueError naming
+    the sample and the parts holding it. Raises FileNotFoundError naming a model with no outcomes."""
     frames = []
     for m in models:
-        parts = sorted((root / m).glob("part-*.parquet"))
-        if not parts:
+        found = parts(root / m)
+        if not found:
             raise FileNotFoundError(f"no outcomes for model {m!r} under {root / m}; run `router-train collect`")
-        frames.append(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True))
+        frames.append(pd.concat([pd.read_parquet(p).assign(_part=p.name) for p in found], ignore_index=True))
     df = pd.concat(frames, ignore_index=True)
-    dup = df.duplicated(["sample_id", "model"])
+    dup = df.duplicated(["sample_id", "model"], keep=False)
     if dup.any():
-        raise ValueError(f"duplicate outcome rows, e.g. {df[dup].iloc[0][['sample_id', 'model']].to_dict()}")
-    return df
+        same = [c for c in COLUMNS if c not in TIMING_COLUMNS]
+        copies = df[dup]
+        conflict = copies.drop_duplicates(same).duplicated(["sample_id", "model"], keep=False)
+        if conflict.any():
+            sid, m = copies.drop_duplicates(same)[conflict].iloc[0][["sample_id", "model"]]
+            where = sorted(copies.loc[(copies["sample_id"] == sid) & (copies["model"] == m), "_part"])
+            raise ValueError(f"duplicate outcome rows that disagree: sample {sid!r} of model {m!r} is in {where} "
+                             f"under {root / m}; delete the parts of the run you do not want")
+        log.warning("dropped %d duplicate outcome rows (same outcome collected twice, e.g. sample %r of %r)",
+                    int(df.duplicated(["sample_id", "model"]).sum()), copies.iloc[0]["sample_id"],
+                    copies.iloc[0]["model"])
+        df = df.drop_duplicates(["sample_id", "model"], keep="first")
+    return df[list(COLUMNS)].reset_index(drop=True)
 
 
 def with_costs(df: pd.DataFrame, profile: DeploymentProfile) -> pd.DataFrame:

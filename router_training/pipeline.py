@@ -3,6 +3,9 @@ data -> reference -> collect -> features -> fit -> tune -> export -> report."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import time
@@ -54,15 +57,35 @@ def make_backend(cfg: Config, name: str):
 
 def stage_collect(cfg: Config) -> pd.DataFrame:
     """Outcome table (all models, router splits) with latency_s and energy_j under the config's profile.
-    Trains missing reference models first; ``replay`` models are read from their outcome files."""
+    Trains missing reference models first; ``replay`` models are read from their outcome files.
+
+    With a distributed ``collect`` section (``CollectConfig.distributed``) the models run on Lightning's
+    distributed prediction (``distributed.collect``). A process started as a rank other than 0 (by
+    Lightning's ``ddp`` re-running the command, or by a cluster launcher) takes part in every model's
+    collection and then exits (SystemExit 0): only rank 0 goes on to the later stages."""
+    from . import distributed
+
     stage_reference(cfg)
     ds = data.build_router_dataset(cfg)
     root = cfg.path("data") / "outcomes"
+    cc = cfg.collect
+    worker = cc.distributed and distributed.is_worker()
     for m in cfg.models:
         if m.backend == "replay":  # outcomes from the user's file, no model is run
-            outcomes.replay(ds, m.name, m.tier, m.options["path"], m.options.get("columns"), root / m.name)
+            if not worker:
+                outcomes.replay(ds, m.name, m.tier, m.options["path"], m.options.get("columns"), root / m.name)
+        elif cc.distributed:
+            distributed.collect(ds, m.name, m.tier, functools.partial(make_backend, cfg, m.name), root / m.name,
+                                cc.batch_size, devices=cc.devices, strategy=cc.strategy or "ddp",
+                                num_nodes=cc.num_nodes, accelerator=cc.accelerator, num_workers=cc.num_workers)
         else:
-            outcomes.collect(ds, m.name, m.tier, lambda name=m.name: make_backend(cfg, name), root / m.name)
+            outcomes.collect(ds, m.name, m.tier, lambda name=m.name: make_backend(cfg, name), root / m.name,
+                             batch_size=cc.batch_size)
+    if worker:
+        log.info("collection done in this worker process; rank 0 goes on")
+        raise SystemExit(0)
+    if cc.distributed:
+        distributed.end_process_group()
     return outcomes.with_costs(outcomes.load(root, cfg.model_names), cfg.profile)
 
 
@@ -98,15 +121,30 @@ def cloud_index(cfg: Config, split: fit.SplitArrays) -> int:
     return max(clouds, key=lambda k: split.score[:, k].mean())
 
 
+def settings(cfg: Config, *parts: str) -> dict:
+    """The named config parts as plain JSON data: what a cached result was computed from."""
+    return json.loads(json.dumps({p: getattr(cfg, p) for p in parts},
+                                 default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)))
+
+
+def _digest(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def stage_fit(cfg: Config, force: bool = False, loggers: bool = True):
-    """Train (or load) the router. Returns (module, spec); spec holds the cost spec and normalisation."""
+    """Train the router, or load it when it was trained from the same dataset, models, profile and
+    router settings. Returns (module, spec); spec holds the cost spec, normalisation and those settings."""
     out = cfg.path("checkpoints") / "router"
     spec_path = out / "spec.json"
+    wanted = settings(cfg, "dataset", "models", "profile", "router")
     if spec_path.exists() and (out / "best.ckpt").exists() and not force:
-        return fit.RouterModule.load_from_checkpoint(out / "best.ckpt", weights_only=False).eval(), \
-            json.loads(spec_path.read_text())
+        spec = json.loads(spec_path.read_text())
+        if spec.get("settings") == wanted:
+            return fit.RouterModule.load_from_checkpoint(out / "best.ckpt", weights_only=False).eval(), spec
+        log.info("router settings changed since the last fit: refitting")
     table, splits = load_splits(cfg)
     spec = fit.cost_spec(splits["router-train"], table, cfg)
+    spec["settings"] = wanted
     module, dm = fit.fit(splits["router-train"], splits["router-val"], spec, cfg.router, out, loggers=loggers)
     spec["features"] = {"mean": dm.mean.tolist(), "std": dm.std.tolist()}
     spec_path.write_text(json.dumps(spec, indent=2))
@@ -121,69 +159,74 @@ def predict(module, spec: dict, x: np.ndarray) -> np.ndarray:
         return torch.sigmoid(module(torch.from_numpy(((x - mean) / std).astype(np.float32)))).numpy()
 
 
+def study_name(cfg: Config, spec: dict) -> str:
+    """One study per (fitted router, tune settings): a refit or a new target starts a new study in the
+    same SQLite file, while an interrupted study resumes."""
+    return f"{cfg.name}-thresholds-{_digest({'fit': spec['settings'], **settings(cfg, 'tune')})}"
+
+
 def stage_tune(cfg: Config, force: bool = False) -> dict:
     """Thresholds and lambdas chosen on router-val; saved to data/<run>/decision.json."""
-    path = cfg.path("data") / "decision.json"
-    if path.exists() and not force:
-        return json.loads(path.read_text())
     module, spec = stage_fit(cfg)
+    path = cfg.path("data") / "decision.json"
+    name = study_name(cfg, spec)
+    if path.exists() and not force:
+        decision = json.loads(path.read_text())
+        if decision.get("study") == name:
+            return decision
     _, splits = load_splits(cfg)
     val = splits["router-val"]
     db = cfg.path("data") / "optuna.db"
-    if force and db.exists():
-        db.unlink()
+    if force and db.exists():  # drop this study only: the file also holds `router-train search` studies
+        import optuna
+
+        try:
+            optuna.delete_study(study_name=name, storage=f"sqlite:///{db}")
+        except KeyError:
+            pass
     decision = tune.tune(predict(module, spec, val.x), val, spec, cfg.tiers, cloud_index(cfg, splits["router-train"]),
-                         cfg.tune, db, f"{cfg.name}-thresholds",
+                         cfg.tune, db, name,
                          start={"lambda_latency": cfg.router.lambda_latency, "lambda_energy": cfg.router.lambda_energy})
+    decision["study"] = name
     path.write_text(json.dumps(decision, indent=2))
     return decision
 
 
-def stage_export(cfg: Config) -> dict:
+def stage_export(cfg: Config, chosen: dict | None = None) -> dict:
     """ONNX + manifest in export/<run>/, then parity on router-test (max abs diff <= 1e-5 and identical
-    decisions, else RuntimeError). Returns the parity dict."""
+    decisions, else RuntimeError). Returns the parity dict. By default the configured router
+    (``stage_fit``) with the thresholds of ``stage_tune``; ``chosen`` (from ``search.chosen_router``:
+    keys module, spec, decision, extra) exports a router trained by ``router-train search`` instead,
+    with ``extra`` (study, trial, parameters) added to the manifest."""
     from . import export
 
-    module, spec = stage_fit(cfg)
-    decision = stage_tune(cfg)
+    if chosen is None:
+        module, spec = stage_fit(cfg)
+        decision = stage_tune(cfg)
+        extra = {"tuning": {"study": decision["study"], "trial": decision["trial"],
+                            "target": settings(cfg, "tune")["tune"]}}
+    else:
+        module, spec, decision, extra = chosen["module"], chosen["spec"], chosen["decision"], chosen["extra"]
     _, splits = load_splits(cfg)
     out = cfg.path("export")
     mean, std = (np.asarray(spec["features"][k], dtype=np.float32) for k in ("mean", "std"))
-    export.export(module, mean, std, spec, decision, out, extra={"name": cfg.name, "tuning": {
-        "study": f"{cfg.name}-thresholds", "trial": decision["trial"], "target": cfg.tune.__dict__}})
+    export.export(module, mean, std, spec, decision, out, extra={"name": cfg.name, **extra})
     par = export.parity(module, mean, std, out, splits["router-test"].x)
     if par["max_abs_diff"] > 1e-5 or not par["same_decisions"]:
         raise RuntimeError(f"ONNX parity failed on router-test: {par}")
     return par
 
 
-def stage_report(cfg: Config) -> str:
-    """Report on router-test through the exported artifact (the runtime the device runs). Writes
-    runs/<run>/report.md, report.json, sweep.png; returns the policy table (Markdown)."""
+def stage_report(cfg: Config, bootstrap: int = 1000, baselines: bool = True) -> str:
+    """Evaluate the exported router on router-test (``evaluate.evaluate``), with the baselines unless
+    ``baselines`` is False: writes runs/<run>/; returns the main policy table (Markdown)."""
+    from . import evaluate
+
     table, splits = load_splits(cfg)
-    test = splits["router-test"]
-    router = Router.load(cfg.path("export"))
-    cloud = cloud_index(cfg, splits["router-train"])
-    probs = router.predict(test.x)
-    assign = np.eye(len(cfg.models))[router.decide(probs)]
-    rows = report.baseline_table(test, cfg.model_names, cfg.tiers, cloud, assign)
-    d = router.manifest["decision"]
-    lat, en = expected_costs(router.manifest, router.profile)
-    sweep = []
-    for t in np.linspace(0.0, 1.0, 41):
-        thr = [t if tier == "edge" else 0.0 for tier in cfg.tiers]
-        a = policies.make("router", probs=lambda s: probs, thresholds=thr, lambda_latency=d["lambda_latency"],
-                          lambda_energy=d["lambda_energy"], ref_latency_s=d["ref_latency_s"],
-                          ref_energy_j=d["ref_energy_j"], expected_latency_s=lat, expected_energy_j=en)(test)
-        sweep.append({"threshold": float(t), **policies.metrics(a, test, cfg.tiers, cloud)})
-    out = cfg.path("runs")
-    out.mkdir(parents=True, exist_ok=True)
-    report.sweep_plot(out / "sweep.png", {"router (threshold sweep)": sweep}, rows,
-                      f"{cfg.name}: router-test, profile {cfg.profile.name}")
     info = data.build_router_dataset(cfg).select_columns(["sample_id", "degradation", "severity"]).to_pandas()
-    by_deg = report.accuracy_by_degradation(table[table["split"] == "router-test"], info, cfg.model_names,
-                                            cfg.dataset.severity)
-    return report.write(out, rows, by_deg, {"sweep": sweep, "decision": d, "profile": cfg.profile.to_dict()})
+    return evaluate.evaluate(cfg, table, stage_features(cfg), splits, cloud_index(cfg, splits["router-train"]),
+                             info, cfg.path("runs"), bootstrap,
+                             settings(cfg, "dataset", "models", "profile", "router") if baselines else None)
 
 
 def run(cfg: Config) -> str:

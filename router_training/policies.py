@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .fit import SplitArrays
+from .metrics import core_metrics
 from .runtime import decide
 
 POLICIES: dict[str, Callable] = {}
@@ -81,14 +82,8 @@ def metrics(assign: np.ndarray, s: SplitArrays, tiers: list[str], cloud: int) ->
     Returns: accuracy (mean VQA score), pct_cloud_accuracy (100 * accuracy / all-cloud accuracy),
     edge_share (fraction of queries on edge-tier models), mean_latency_s (s), mean_energy_j (J),
     latency_reduction / energy_reduction (fraction saved vs all-cloud; negative when costlier),
-    share per model (``share_<index>``)."""
-    edge = np.array([t == "edge" for t in tiers])
-    acc = float((assign * s.score).sum(1).mean())
-    lat = float((assign * s.latency_s).sum(1).mean())
-    en = float((assign * s.energy_j).sum(1).mean())
-    cloud_acc, cloud_lat, cloud_en = (float(a[:, cloud].mean()) for a in (s.score, s.latency_s, s.energy_j))
-    out = {"accuracy": acc, "pct_cloud_accuracy": 100.0 * acc / cloud_acc if cloud_acc else float("nan"),
-           "edge_share": float(assign[:, edge].sum(1).mean()), "mean_latency_s": lat, "mean_energy_j": en,
-           "latency_reduction": 1.0 - lat / cloud_lat, "energy_reduction": 1.0 - en / cloud_en}
-    out["shares"] = assign.mean(0).tolist()
-    return out
+    shares (list, fraction of queries per model).
+
+    The computation lives in ``metrics.core_metrics``; ``metrics.policy_metrics`` adds p95 latency,
+    cloud share, PGR and named per-model shares."""
+    return core_metrics(assign, s, tiers, cloud)

@@ -1,9 +1,6 @@
-"""Report: the router against all-edge, all-cloud, random and the oracle, as tables and plots."""
+"""Report presentation: policy assignments for the standard baselines, Markdown tables and plots."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,38 +8,72 @@ import pandas as pd
 from . import policies
 
 COLUMNS = {"accuracy": "VQA acc", "pct_cloud_accuracy": "% of cloud acc", "edge_share": "edge share",
-           "mean_latency_s": "latency (ms)", "mean_energy_j": "energy (J)",
+           "mean_latency_s": "latency (ms)", "p95_latency_s": "p95 latency (ms)", "mean_energy_j": "energy (J)",
            "latency_reduction": "latency cut vs cloud", "energy_reduction": "energy cut vs cloud"}
+_FMT = {"VQA acc": "{:.4f}", "% of cloud acc": "{:.1f}", "edge share": "{:.3f}", "latency (ms)": "{:.2f}",
+        "p95 latency (ms)": "{:.2f}", "energy (J)": "{:.4f}", "latency cut vs cloud": "{:+.1%}",
+        "energy cut vs cloud": "{:+.1%}"}
 
 
-def baseline_table(split, models: list[str], tiers: list[str], cloud: int, router_assign: np.ndarray) -> dict:
-    """Metrics (``policies.metrics``) per policy name: all-edge and all-cloud per model, random at the
-    router's per-model shares, oracle, router. ``router_assign`` (n, K) is the router's assignment."""
-    rows = {}
-    for k, (m, t) in enumerate(zip(models, tiers)):
-        rows[f"all-{t} ({m})"] = policies.metrics(policies.make("all", model=k)(split), split, tiers, cloud)
-    shares = router_assign.mean(0)
-    rows["random (router's shares)"] = policies.metrics(policies.make("random", shares=shares)(split), split, tiers, cloud)
-    rows["oracle"] = policies.metrics(policies.make("oracle")(split), split, tiers, cloud)
-    rows["router"] = policies.metrics(router_assign, split, tiers, cloud)
-    return rows
+def baseline_assignments(split, models: list[str], tiers: list[str], router_assign: np.ndarray) -> dict:
+    """Assignment matrices (n, K) by policy name: all-edge / all-cloud per model, random at the router's
+    per-model shares, oracle, and the router (``router_assign``)."""
+    out = {f"all-{t} ({m})": policies.make("all", model=k)(split) for k, (m, t) in enumerate(zip(models, tiers))}
+    out["random (router's shares)"] = policies.make("random", shares=router_assign.mean(0))(split)
+    out["oracle"] = policies.make("oracle")(split)
+    out["router"] = router_assign
+    return out
 
 
 def to_frame(rows: dict) -> pd.DataFrame:
-    df = pd.DataFrame({name: {c: r[c] for c in COLUMNS} for name, r in rows.items()}).T
+    df = pd.DataFrame({name: {c: r.get(c, np.nan) for c in COLUMNS} for name, r in rows.items()}).T
     df["mean_latency_s"] *= 1000.0
+    df["p95_latency_s"] *= 1000.0
     return df.rename(columns=COLUMNS)
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """A Markdown table with fixed precision (no extra dependency)."""
-    fmt = {"VQA acc": "{:.4f}", "% of cloud acc": "{:.1f}", "edge share": "{:.3f}", "latency (ms)": "{:.2f}",
-           "energy (J)": "{:.4f}", "latency cut vs cloud": "{:+.1%}", "energy cut vs cloud": "{:+.1%}"}
+    """A Markdown table of policies with fixed precision per column."""
     head = "| policy | " + " | ".join(df.columns) + " |"
     sep = "|---|" + "---:|" * len(df.columns)
-    body = ["| " + name + " | " + " | ".join(fmt.get(c, "{}").format(v) for c, v in row.items()) + " |"
+    body = ["| " + name + " | " + " | ".join(_FMT.get(c, "{}").format(v) for c, v in row.items()) + " |"
             for name, row in df.iterrows()]
     return "\n".join([head, sep, *body])
+
+
+def interval_lines(iv: dict) -> str:
+    """Bootstrap intervals ``{key: (point, lo, hi)}`` as one Markdown line."""
+    keys = [k for k in ("accuracy", "pct_cloud_accuracy", "edge_share", "mean_latency_s", "mean_energy_j",
+                        "latency_reduction", "energy_reduction") if k in iv]
+    parts = [f"{k} {iv[k][0]:.4g} [{iv[k][1]:.4g}, {iv[k][2]:.4g}]" for k in keys]
+    return "Router, bootstrap 95% intervals over test questions: " + "; ".join(parts) + "."
+
+
+def routing_markdown(routing: dict, intervals: dict) -> str:
+    """APGR (vs cloud share, latency, energy) and CPT per policy; the router's with bootstrap intervals."""
+    keys = ["apgr", "apgr_latency", "apgr_energy", "cpt_50", "cpt_80"]
+    lines = ["| policy | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for name, r in routing.items():
+        iv = intervals.get(f"{name}_routing", {})
+        cells = [f"{r[k]:.3f}" + (f" [{iv[k][1]:.3f}, {iv[k][2]:.3f}]" if k in iv else "") for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def calibration_markdown(calib: dict) -> str:
+    lines = ["| model | temperature (router-val) | ECE before | ECE after | NLL before | NLL after |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {m} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} | "
+              f"{c['nll_before']:.4f} | {c['nll_after']:.4f} |" for m, c in calib.items()]
+    return "\n".join(lines)
+
+
+def bandwidth_markdown(rows: list[dict]) -> str:
+    lines = ["| uplink (Mbit/s) | router acc | edge share | router latency (ms) | all-cloud latency (ms) | "
+             "router energy (J) | all-cloud energy (J) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['uplink_mbps']:g} | {r['accuracy']:.4f} | {r['edge_share']:.3f} | {1e3 * r['mean_latency_s']:.2f} | "
+              f"{1e3 * r['cloud_latency_s']:.2f} | {r['mean_energy_j']:.4f} | {r['cloud_energy_j']:.4f} |" for r in rows]
+    return "\n".join(lines)
 
 
 def accuracy_by_degradation(table: pd.DataFrame, info: pd.DataFrame, models: list[str],
@@ -61,38 +92,54 @@ def accuracy_by_degradation(table: pd.DataFrame, info: pd.DataFrame, models: lis
     return out.reset_index()
 
 
-def sweep_plot(path: Path, curves: dict, points: dict, title: str) -> None:
-    """PNG of VQA accuracy against mean latency (ms): ``curves`` name -> list of metric dicts (a
-    threshold sweep), ``points`` name -> metric dict (baselines)."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for name, ms in curves.items():
-        ax.plot([m["mean_latency_s"] * 1e3 for m in ms], [m["accuracy"] for m in ms], "-", lw=1.5, label=name)
-    markers = iter("osD^v*Xph")
-    for name, m in points.items():
-        ax.plot(m["mean_latency_s"] * 1e3, m["accuracy"], next(markers), ms=9 if name == "router" else 7, label=name)
-    ax.set_xlabel("mean latency per query (ms)")
-    ax.set_ylabel("VQA accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    return plt
+
+
+def pareto_plot(path, curves: dict, points: dict, title: str) -> None:
+    """PNG with two panels, VQA accuracy against mean latency (ms) and against mean energy (J):
+    ``curves`` name -> metric dicts of a sweep (drawn as lines), ``points`` name -> metric dict (markers;
+    the oracle and the router stand out)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, key, scale, label in ((axes[0], "mean_latency_s", 1e3, "mean latency per query (ms)"),
+                                  (axes[1], "mean_energy_j", 1.0, "mean device energy per query (J)")):
+        for name, ms in curves.items():
+            ax.plot([m[key] * scale for m in ms], [m["accuracy"] for m in ms], "-", lw=1.5, label=name)
+        markers = iter("osD^v<>phX*")
+        for name, m in points.items():
+            style = "*" if name == "router" else "P" if name == "oracle" else next(markers)
+            ax.plot(m[key] * scale, m["accuracy"], style, ms=12 if name in ("router", "oracle") else 7, label=name)
+        ax.set_xlabel(label)
+        ax.set_ylabel("VQA accuracy")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(out_dir: Path, rows: dict, by_degradation: pd.DataFrame, extra: dict) -> str:
-    """Save report.md and report.json in ``out_dir``; returns the Markdown table of policies."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown(to_frame(rows))
-    md = ["# Router report (router-test)", "", table, "",
-          "## Reference-model accuracy by degradation (router-test)", "",
-          by_degradation.round(3).to_markdown(index=False), ""]
-    (out_dir / "report.md").write_text("\n".join(md))
-    (out_dir / "report.json").write_text(json.dumps({"policies": rows, **extra}, indent=2, default=float))
-    return table
-
+def bandwidth_plot(path, rows: list[dict], profile: str) -> None:
+    """PNG: edge share and mean latency (router vs all-cloud) against uplink bandwidth (log axis)."""
+    plt = _plt()
+    bw = [r["uplink_mbps"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    a1.semilogx(bw, [r["edge_share"] for r in rows], "o-")
+    a1.set_ylabel("router edge share")
+    a2.semilogx(bw, [1e3 * r["mean_latency_s"] for r in rows], "o-", label="router")
+    a2.semilogx(bw, [1e3 * r["cloud_latency_s"] for r in rows], "s--", label="all-cloud")
+    a2.set_ylabel("mean latency (ms)")
+    a2.legend()
+    for a in (a1, a2):
+        a.set_xlabel("uplink bandwidth (Mbit/s)")
+        a.grid(alpha=0.3)
+    fig.suptitle(f"Re-deciding with the current uplink ({profile})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

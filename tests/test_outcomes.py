@@ -226,7 +226,8 @@ def test_load_missing_model_raises(two_models):
 def test_load_duplicate_rows_raise(tmp_path, ds):
     outcomes.collect(ds, "m", "edge", RuleBackend, tmp_path / "m", batch_size=8)
     first = sorted((tmp_path / "m").glob("part-*.parquet"))[0]
-    pd.read_parquet(first).to_parquet(tmp_path / "m" / "part-00099.parquet", index=False)
+    # a second outcome for the same samples that disagrees (identical copies are dropped: test_distributed)
+    pd.read_parquet(first).assign(answer="other").to_parquet(tmp_path / "m" / "part-00099.parquet", index=False)
     with pytest.raises(ValueError, match="duplicate"):
         outcomes.load(tmp_path, ["m"])
 

@@ -17,8 +17,10 @@ def test_report_has_every_policy_and_consistent_numbers(tiny_run):
     for row in ("all-edge (edge-small)", "all-cloud (cloud)", "random (router's shares)", "oracle", "router"):
         assert f"| {row} |" in table
     rep = json.loads((cfg.path("runs") / "report.json").read_text())["policies"]
-    assert (cfg.path("runs") / "sweep.png").stat().st_size > 10_000
-    assert (cfg.path("runs") / "report.md").read_text().startswith("# Router report")
+    for png in ("pareto.png", "bandwidth.png", "reliability_cloud.png", "reliability_edge-small.png"):
+        assert (cfg.path("runs") / png).stat().st_size > 10_000
+    md = (cfg.path("runs") / "report.md").read_text()
+    assert md.startswith("# Router report") and "apgr" in md and "ECE" in md and "uplink" in md
     # Recompute the baselines from the outcome table by hand.
     t = outcomes.load(cfg.path("data") / "outcomes", cfg.model_names)
     test = t[t["split"] == "router-test"].pivot(index="sample_id", columns="model", values="score")

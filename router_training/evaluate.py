@@ -1,0 +1,130 @@
+"""The evaluation harness behind `router-train evaluate` (and the report stage of `run`).
+
+Everything is scored on router-test through the exported artifact (the runtime a device runs);
+thresholds and temperatures come from router-val. Writes into ``runs/<run>/``: report.md, report.json,
+pareto.png (accuracy vs latency and vs energy: sweeps as curves, baselines as points, oracle marked),
+reliability_<model>.png, bandwidth.png.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics, outcomes, policies, report
+from .config import Config
+from .fit import SplitArrays, split_arrays
+from .runtime import Router, decide, expected_costs
+
+BANDWIDTHS_MBPS = (1, 2, 5, 10, 20, 50, 100)
+SWEEP = np.linspace(0.0, 1.0, 41)
+PLOTTED_BASELINES = ("cascade", "knn", "hybrid_det", "minilm_clf", "mlp_image", "mlp_text")
+
+
+def router_sweep(router: Router, probs: np.ndarray, tiers: list[str], uplink_mbps: float | None = None) -> list:
+    """Assignment matrices (n, K) of the router with one threshold t for every edge model, t in SWEEP,
+    the tuned lambdas kept."""
+    d = router.manifest["decision"]
+    lat, en = expected_costs(router.manifest, router.profile.with_network(uplink_mbps))
+    return [np.eye(len(tiers))[decide(probs, lat, en, [t if tier == "edge" else 0.0 for tier in tiers],
+                                      d["lambda_latency"], d["lambda_energy"], d["ref_latency_s"], d["ref_energy_j"])]
+            for t in SWEEP]
+
+
+def bandwidth_table(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, router: Router, cloud: int) -> list[dict]:
+    """The router re-deciding with the current uplink (no retraining): per bandwidth (Mbit/s), its
+    accuracy, edge share and mean latency/energy, and all-cloud's, with realised costs recomputed under
+    the profile at that bandwidth."""
+    rows = []
+    for bw in BANDWIDTHS_MBPS:
+        test = split_arrays(outcomes.with_costs(table, cfg.profile.with_network(uplink_mbps=bw)), feats,
+                            cfg.model_names, "router-test")
+        assign = np.eye(len(cfg.models))[router.decide(router.predict(test.x), uplink_mbps=bw)]
+        m = policies.metrics(assign, test, cfg.tiers, cloud)
+        rows.append({"uplink_mbps": bw, "accuracy": m["accuracy"], "edge_share": m["edge_share"],
+                     "mean_latency_s": m["mean_latency_s"], "mean_energy_j": m["mean_energy_j"],
+                     "cloud_latency_s": float(test.latency_s[:, cloud].mean()),
+                     "cloud_energy_j": float(test.energy_j[:, cloud].mean())})
+    return rows
+
+
+def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, router: Router, out: Path,
+                      settings: dict) -> dict:
+    """Fit every baseline of ``baselines`` on router-train (router-val for early stopping) and sweep it on
+    router-test: name -> {"points", "summary", "fit_s"}. Cached in ``out/baselines.json`` for ``settings``."""
+    from . import baselines
+
+    cache = out / "baselines.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("settings") == settings:
+            return cached["baselines"]
+    m = router.manifest
+    ctx = baselines.Context(
+        cfg.tiers, cloud, questions=baselines.questions_by_sample(cfg), val=splits["router-val"],
+        spec={"models": m["models"], "profile": m["profile"], "ref_latency_s": m["decision"]["ref_latency_s"],
+              "ref_energy_j": m["decision"]["ref_energy_j"]},
+        router_config=cfg.router, epochs=min(cfg.router.epochs, 20),
+        router=lambda s: np.eye(len(cfg.models))[router.decide(router.predict(s.x))])
+    result = baselines.compare(splits["router-train"], splits["router-test"], ctx, models=cfg.model_names)
+    out.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"settings": settings, "baselines": result}, default=float))
+    return result
+
+
+def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict[str, SplitArrays],
+             cloud: int, info: pd.DataFrame, out: Path, bootstrap: int = 1000, settings: dict | None = None) -> str:
+    """Write the report folder ``out``; returns the Markdown of the main policy table.
+    ``info`` has sample_id, degradation, severity (analysis only). With ``settings`` (what the router was
+    trained from) the baselines are fitted and compared too (``compare_baselines``)."""
+    test, val = splits["router-test"], splits["router-val"]
+    router = Router.load(cfg.path("export"))
+    probs = router.predict(test.x)
+    assign = np.eye(len(cfg.models))[router.decide(probs)]
+    rows = {name: metrics.policy_metrics(a, test, cfg.tiers, cloud, cfg.model_names)
+            for name, a in report.baseline_assignments(test, cfg.model_names, cfg.tiers, assign).items()}
+    sweep_assigns = router_sweep(router, probs, cfg.tiers)
+    sweep = [{"threshold": float(t), **metrics.policy_metrics(a, test, cfg.tiers, cloud, cfg.model_names)}
+             for t, a in zip(SWEEP, sweep_assigns)]
+    refs = metrics.references(test, cfg.tiers, cloud)
+    routing = {"router": metrics.routing_summary(sweep, refs)} if "edge" in cfg.tiers else {}
+    curves = {"router (threshold sweep)": sweep}
+    if routing and settings is not None:
+        compared = compare_baselines(cfg, splits, cloud, router, out, settings)
+        routing.update({name: r["summary"] for name, r in compared.items()})
+        curves.update({name: compared[name]["points"] for name in PLOTTED_BASELINES if name in compared})
+    intervals = {"router": metrics.bootstrap_metrics(assign, test, cfg.tiers, cloud, B=bootstrap)}
+    if routing:
+        intervals["router_routing"] = metrics.bootstrap_routing(sweep_assigns, test, cfg.tiers, cloud, B=bootstrap)
+    calib = metrics.calibration_table(router.predict(val.x), val.score, probs, test.score, cfg.model_names)
+    temps = np.array([calib[m]["temperature"] for m in cfg.model_names])
+    out.mkdir(parents=True, exist_ok=True)
+    metrics.reliability_plot(out, probs, test.score, cfg.model_names, scaled=metrics.apply_temperature(probs, temps))
+    bw = bandwidth_table(cfg, table, feats, router, cloud)
+    report.pareto_plot(out / "pareto.png", curves, rows,
+                       f"{cfg.name}: router-test, profile {cfg.profile.name}")
+    report.bandwidth_plot(out / "bandwidth.png", bw, cfg.profile.name)
+    by_deg = report.accuracy_by_degradation(table[table["split"] == "router-test"], info, cfg.model_names,
+                                            cfg.dataset.severity) if info["degradation"].nunique() > 1 else None
+    main = report.markdown(report.to_frame(rows))
+    sections = [f"# Router report: {cfg.name} (router-test, {len(test)} questions)", "",
+                "Thresholds and temperatures were chosen on router-val; every figure below is on router-test.", "",
+                main, "", report.interval_lines(intervals["router"]), ""]
+    if routing:
+        sections += ["## Routing curves (threshold sweep)", "", report.routing_markdown(routing, intervals), "",
+                     "![pareto](pareto.png)", ""]
+    sections += ["## Calibration of predicted P(correct)", "", report.calibration_markdown(calib), "",
+                 "## Uplink bandwidth (the router re-decides at run time, no retraining)", "",
+                 report.bandwidth_markdown(bw), "", "![bandwidth](bandwidth.png)", ""]
+    if by_deg is not None:
+        sections += ["## Reference-model accuracy by degradation", "", by_deg.round(3).to_markdown(index=False), ""]
+    (out / "report.md").write_text("\n".join(sections))
+    (out / "report.json").write_text(json.dumps(
+        {"policies": rows, "sweep": sweep, "routing": routing, "intervals": intervals, "calibration": calib,
+         "bandwidth": bw, "decision": router.manifest["decision"], "profile": cfg.profile.to_dict()},
+        indent=2, default=float))
+    return main
+
