@@ -6,9 +6,11 @@ Idefics3 as edge, Qwen2-VL as cloud) on a 64-question folder dataset, on the CPU
   the processes, which on a machine with few cores costs more than it saves).
 
 Each mode collects into a fresh outcome folder and includes building the backends. Prints the measured
-numbers; asserts nothing.
+numbers; asserts nothing. On a small machine shared with other jobs, ``--threads 1`` can be much faster
+than torch's default of one thread per core (threads waiting for each other on busy cores).
 
     HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python benchmarks/collect_tiny_vlms.py [--samples 64] [--batch-size 8]
+        [--threads 1] [--skip-distributed]
 """
 
 from __future__ import annotations
@@ -34,11 +36,17 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=64, help="questions (2 per image)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per generate call and per outcome part")
     p.add_argument("--max-new-tokens", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the one-process run (default: torch's; Lightning gives each of the "
+                        "two processes 1)")
     p.add_argument("--skip-distributed", action="store_true")
     args = p.parse_args()
 
     import numpy as np
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from PIL import Image, ImageDraw
 
     from router_training import config, data, distributed, outcomes, pipeline
@@ -54,7 +62,8 @@ def main() -> None:
             im = Image.new("RGB", (96, 72), tuple(int(v) for v in rng.integers(0, 256, 3)))
             ImageDraw.Draw(im).ellipse((6, 6, 20 + i % 60, 18 + i % 50), fill=(255, 255, 255))
             im.save(root / "images" / f"{i:04d}.png")
-            rows += [{"image": f"{i:04d}.png", "question": f"What color is the circle in picture {i}?", "answers": ["white"]},
+            rows += [{"image": f"{i:04d}.png", "question": f"What color is the circle in picture {i}?",
+                      "answers": ["white"]},
                      {"image": f"{i:04d}.png", "question": f"Is there a square in picture {i}?", "answers": ["no"]}]
         rows = rows[:args.samples]
         (root / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

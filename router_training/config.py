@@ -276,6 +276,16 @@ def default_search_space() -> dict:
     }
 
 
+def _number(v):
+    """YAML 1.1 (PyYAML) reads 1e-4 as a string: accept numeric strings in search bounds and steps."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
 def _feature_group_choice(choice, where: str) -> str:
     """A feature_groups choice ("image+text", "text" or a list such as [image, text]) as the canonical
     string "image+text" / "image" / "text"."""
@@ -323,7 +333,7 @@ def parse_search_space(space: dict) -> dict:
         if name == "feature_groups":
             raise ValueError(f"{where}: feature_groups takes {{categorical: [...]}}, e.g. "
                              "{categorical: [image+text, image, text]}")
-        bounds = spec[kind]
+        bounds = [_number(b) for b in spec[kind]] if isinstance(spec[kind], (list, tuple)) else spec[kind]
         if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
             raise ValueError(f"{where}: {kind} needs [low, high], got {bounds!r}")
@@ -336,7 +346,7 @@ def parse_search_space(space: dict) -> dict:
             raise ValueError(f"{where}: {name} is an integer; use {{int: [low, high]}}")
         if name in _INT_PARAMS and low < _INT_PARAMS[name]:
             raise ValueError(f"{where}: {name} must be >= {_INT_PARAMS[name]}, got low {low}")
-        log, step = bool(spec.get("log", False)), spec.get("step")
+        log, step = bool(spec.get("log", False)), _number(spec.get("step"))
         if log and low <= 0:
             raise ValueError(f"{where}: a log distribution needs low > 0, got {low}")
         if log and step is not None and (kind == "float" or step != 1):
@@ -358,8 +368,16 @@ class SearchConfig:
       (lr, weight_decay, dropout, epochs, batch_size, lambda_latency, lambda_energy, label_smoothing,
       cost_weight, temperature), ``hidden_width`` and ``depth`` (hidden = [hidden_width] * depth),
       ``feature_groups`` (categorical over "image+text", "image", "text": the other group's feature
-      columns are masked) and ``threshold`` (the edge models' decision threshold; searched in multi
-      mode even when not listed). Unlisted parameters keep the ``router`` section's values.
+      columns are masked) and ``threshold`` (the edge models' decision threshold: searched in multi
+      mode even when not listed; listed in single mode, it replaces the sweep). Unlisted parameters keep
+      the ``router`` section's values. Example (YAML)::
+
+          space:
+            lr: {float: [1.0e-4, 1.0e-2], log: true}
+            hidden_width: {int: [16, 128], log: true}
+            depth: {int: [1, 3]}
+            label_smoothing: {float: [0.0, 0.1]}
+            feature_groups: {categorical: [image+text, image, text]}
     - ``mode``: "single" maximises the edge share subject to accuracy >= ``min_cloud_accuracy_ratio`` x
       all-cloud accuracy on router-val (an Optuna constraint; the threshold comes from a sweep of
       ``threshold_grid`` values on router-val); "multi" finds the Pareto front of (accuracy, mean latency,

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import backends, data, features, fit, outcomes, policies, report, tune
+from . import backends, data, features, fit, outcomes, tune
 from .config import Config
-from .runtime import Router, expected_costs
 
 log = logging.getLogger(__name__)
 SPLITS = ("router-train", "router-val", "router-test")

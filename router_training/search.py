@@ -650,7 +650,8 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
             summary["outputs"] = write_outputs(study, objective.scorer, out, sc.mode, picked)
         if export:
             if picked is None:
-                log.warning("no complete trial meets the accuracy floor on router-val: nothing exported")
+                log.warning("no complete trial (pruned ones do not count) meets the accuracy floor on router-val: "
+                            "nothing exported")
             else:
                 par = pipeline.stage_export(cfg, chosen=chosen_router(cfg, objective, picked, url))
                 summary["export"] = {"dir": str(cfg.path("export")), **par}

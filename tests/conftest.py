@@ -12,6 +12,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["chat_server"]  # the loopback chat-completions server fixture
 
 
 def tiny_config_dict(**router) -> dict:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageDraw

@@ -10,6 +10,13 @@ from router_training.features import FEATURE_NAMES
 from router_training.fit import RouterModule, SplitArrays, fit, predict
 
 
+SPEC = {"models": [{"name": "e", "tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 0},
+                   {"name": "c", "tier": "cloud", "mean_compute_s": 0.0, "mean_payload_bytes": 1000}],
+        "profile": {"name": "p", "edge_power_w": 10, "idle_power_w": 3, "radio_tx_power_w": 2,
+                    "uplink_mbps": 10, "downlink_mbps": 50, "rtt_s": 0.05},
+        "ref_latency_s": 0.1, "ref_energy_j": 0.3}
+
+
 def synthetic(n, seed):
     """Edge model correct iff feature 0 > 0; cloud always correct; edge fast, cloud slow."""
     rng = np.random.default_rng(seed)
@@ -40,12 +47,7 @@ def test_loss_is_bce_plus_expected_cost_of_soft_routing():
 
 def test_fit_learns_when_the_edge_model_is_right(tmp_path):
     train, val = synthetic(2000, 0), synthetic(500, 1)
-    spec = {"models": [{"name": "e", "tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 0},
-                       {"name": "c", "tier": "cloud", "mean_compute_s": 0.0, "mean_payload_bytes": 1000}],
-            "profile": {"name": "p", "edge_power_w": 10, "idle_power_w": 3, "radio_tx_power_w": 2,
-                        "uplink_mbps": 10, "downlink_mbps": 50, "rtt_s": 0.05},
-            "ref_latency_s": 0.1, "ref_energy_j": 0.3}
-    module, dm = fit(train, val, spec, RouterConfig(epochs=15, hidden=[32], batch_size=64), tmp_path, loggers=False,
+    module, dm = fit(train, val, SPEC, RouterConfig(epochs=15, hidden=[32], batch_size=64), tmp_path, loggers=False,
                      progress=False)
     p = predict(module, dm, val.x)
     assert p.shape == (500, 2) and p.dtype == np.float32
@@ -57,12 +59,7 @@ def test_fit_learns_when_the_edge_model_is_right(tmp_path):
 
 def test_fit_logs_to_csv_and_offline_wandb(tmp_path):
     train, val = synthetic(300, 0), synthetic(100, 1)
-    spec = {"models": [{"name": "e", "tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 0},
-                       {"name": "c", "tier": "cloud", "mean_compute_s": 0.0, "mean_payload_bytes": 1000}],
-            "profile": {"name": "p", "edge_power_w": 10, "idle_power_w": 3, "radio_tx_power_w": 2,
-                        "uplink_mbps": 10, "downlink_mbps": 50, "rtt_s": 0.05},
-            "ref_latency_s": 0.1, "ref_energy_j": 0.3}
-    fit(train, val, spec, RouterConfig(epochs=2, hidden=[8]), tmp_path, loggers=True, progress=False)
+    fit(train, val, SPEC, RouterConfig(epochs=2, hidden=[8]), tmp_path, loggers=True, progress=False)
     metrics = list((tmp_path / "logs").rglob("metrics.csv"))
     assert metrics and "val_loss" in metrics[0].read_text().splitlines()[0]
     assert list((tmp_path / "wandb").glob("offline-run-*"))

@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from chat_server import LOGPROBS, ChatServer, chat_server  # noqa: F401  (fixture)
+from chat_server import LOGPROBS, ChatServer
 from router_training import backends
 from router_training.openai_http import OpenAIBackend
 

@@ -142,6 +142,19 @@ def test_space_parses_to_optuna_distributions():
     assert set(search.distributions(cfg.search)) == {"lr", "threshold"}
 
 
+def test_search_section_from_yaml_files():
+    # PyYAML reads 1e-4 as a string: numeric strings are accepted as bounds
+    sc = SearchConfig(space=yaml.safe_load("lr: {float: [1e-4, 1e-2], log: true}\nepochs: {int: [2, 8], step: 2}"))
+    assert search.distributions(sc)["lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+    # the shipped example is the defaults written out, and a run config may name it as a path
+    shipped = config.from_dict({"name": "x", "models": [{"name": "c", "tier": "cloud"}],
+                                "profile": "profiles/jetson_orin_lte.yaml", "search": "search/default.yaml"},
+                               base=REPO / "configs").search
+    default = SearchConfig()
+    assert search.distributions(shipped) == search.distributions(default)
+    assert dataclasses.replace(shipped, sampler=None) == default and shipped.sampler == {"tpe": {}}
+
+
 @pytest.mark.parametrize("space, match", [
     ({"hidden": {"int": [8, 16]}}, "search hidden_width and depth instead"),
     ({"nope": {"float": [0, 1]}}, "unknown parameter"),
@@ -350,6 +363,34 @@ def test_feature_groups_mask_what_the_exported_router_sees(byod, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # workers: a killed worker's trial, two processes on one study (SQLite, PostgreSQL)
 # ---------------------------------------------------------------------------------------------------
+
+
+def test_worker_loop_counts_every_workers_trials_and_fails_surplus_ones():
+    import threading
+
+    study = optuna.create_study()
+    other = study.ask()  # another worker's running trial
+    ran = []
+
+    def objective(trial):
+        if not search.within_budget(trial.study, trial.number, 3):
+            raise search.SurplusTrial("late")
+        ran.append(trial.number)
+        return trial.suggest_float("x", 0, 1)
+
+    # the other worker finishes its trial a little later; this one waits for it before returning
+    threading.Timer(0.5, lambda: study.tell(other, 0.5)).start()
+    mine = search.run_worker(study, objective, 3, poll_s=0.1)
+    assert mine == ran == [1, 2] and other.number == 0
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert search.run_worker(study, objective, 3, poll_s=0.1) == []  # the study is done
+    # a worker that asked at the same instant as another: its trial is surplus and fails at once
+    study.optimize(objective, n_trials=1, catch=(search.SurplusTrial,))
+    assert study.trials[-1].state == TrialState.FAIL and len(ran) == 2
+    late = study.ask()
+    assert not search.within_budget(study, late.number, 3) and search.within_budget(study, late.number, 4)
+    study.tell(late, state=TrialState.FAIL)  # failed trials do not count
+    assert search.within_budget(study, study.ask().number, 4)
 
 
 def test_a_killed_workers_trial_is_failed_and_retried(byod, tmp_path):

@@ -39,7 +39,8 @@ def picture(i: int) -> Image.Image:
 def write_tiny_vlm_run(root: Path, n_images: int = N_IMAGES, **run) -> tuple[Path, dict]:
     """Tiny models, images, questions (references from the models' own answers) and a run config under
     ``root``. Returns (config path, {question: {"edge": answer, "cloud": answer}})."""
-    models = {"edge": build_idefics3(root / "models" / "idefics3"), "cloud": build_qwen2_vl(root / "models" / "qwen2_vl")}
+    models = {"edge": build_idefics3(root / "models" / "idefics3"),
+              "cloud": build_qwen2_vl(root / "models" / "qwen2_vl")}
     images = root / "data" / "images"
     images.mkdir(parents=True)
     rows = []
@@ -110,7 +111,8 @@ def test_collection_ran_on_two_processes_and_scores_vary(vlm_run):
     assert len(t) == 2 * 2 * N_IMAGES and not t.duplicated(["sample_id", "model"]).any()
     assert (t["error"] == "").all() and t["confidence"].between(0, 1).all() and (t["compute_s"] > 0).all()
     # the processes' batches answer exactly what one in-process batch answered
-    q = dict(zip(pipeline.data.build_router_dataset(cfg)["sample_id"], pipeline.data.build_router_dataset(cfg)["question"]))
+    ds = pipeline.data.build_router_dataset(cfg)
+    q = dict(zip(ds["sample_id"], ds["question"]))
     for m, tier in zip(cfg.model_names, cfg.tiers):
         rows = t[t["model"] == m]
         assert list(rows["answer"]) == [said[q[s]][tier] for s in rows["sample_id"]]
