@@ -37,7 +37,7 @@ DATASET_COLUMNS = {"image": True, "question": True, "answers": True,
                    "question_type": False, "image_id": False, "sample_id": False}
 # low light, blur and downscaling separate the edge models from the cloud one; JPEG and colour casts
 # barely hurt any model (measured: README, "accuracy by degradation")
-EASYVQA_DEGRADATIONS = {"clean": 0.2, "blur": 0.2, "low_light": 0.32, "downscale": 0.2, "noise": 0.04,
+EASYVQA_DEGRADATIONS = {"clean": 0.2, "blur": 0.18, "low_light": 0.36, "downscale": 0.18, "noise": 0.04,
                         "jpeg": 0.02, "color_cast": 0.02}
 # dataset keys that only some kinds use
 _KIND_KEYS = {"path": ("hf",), "name": ("hf",), "split": ("hf",), "data_files": ("hf",), "revision": ("hf",),
@@ -187,7 +187,7 @@ class RouterConfig:
     batch_size: int = 256
     lambda_latency: float = 0.2
     lambda_energy: float = 0.1
-    cost_weight: float = 0.5
+    cost_weight: float = 0.1
     temperature: float = 0.1
     label_smoothing: float = 0.0  # BCE targets s * (1 - eps) + eps / 2
     seed: int = 0

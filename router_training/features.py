@@ -17,7 +17,7 @@ import math
 import re
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_FEATURES: tuple[str, ...] = (
     "log_laplacian_var",  # log1p(var of 4-neighbour Laplacian), grey 0..255
@@ -69,6 +69,7 @@ FEATURE_NAMES: tuple[str, ...] = IMAGE_FEATURES + TEXT_FEATURES
 
 EDGE_THRESHOLD = 100.0  # Sobel magnitude on grey 0..255; = a 25-grey-level step edge
 JPEG_QUALITY = 75
+ANALYSIS_MAX_SIDE = 128  # pixel statistics on at most 128 px (easy-VQA's 64 px images are analysed whole)
 
 _AUX = frozenset(
     "is are was were am do does did can could will would should shall has have had "
@@ -81,10 +82,13 @@ _TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB.  16-bit modes ("I;16*") are scaled by 1/257 to 0..255
-    (Pillow's own conversion would clip them); "I"/"F" are clipped by Pillow."""
+    """Any Pillow mode -> RGB, EXIF orientation applied (as ``images.prepare`` does for the models, so
+    features see the image the models see; a no-op on an already oriented image).  16-bit modes
+    ("I;16*") are scaled by 1/257 to 0..255 (Pillow's own conversion would clip them); "I"/"F" are
+    clipped by Pillow."""
     if image.width * image.height == 0:
         raise ValueError(f"image has no pixels (size {image.size})")
+    image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16"):
         a = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(np.round(a).astype(np.uint8))  # 2-D uint8 -> "L"
@@ -116,9 +120,15 @@ def image_features(image: Image.Image) -> np.ndarray:
     - mean_saturation: mean S of Pillow HSV / 255.
     - width_px, height_px, log2_pixels: size in pixels and log2(W*H).
 
-    Raises ValueError for a 0-pixel image.
+    Size features describe the full image; every pixel statistic is computed on a copy whose longer
+    side is at most ANALYSIS_MAX_SIDE px (box filter), so the cost is bounded (about 1 ms) whatever the
+    camera resolution. Raises ValueError for a 0-pixel image.
     """
     rgb = _to_rgb(image)
+    full_w, full_h = rgb.size
+    if max(full_w, full_h) > ANALYSIS_MAX_SIDE:
+        f = ANALYSIS_MAX_SIDE / max(full_w, full_h)
+        rgb = rgb.resize((max(1, round(full_w * f)), max(1, round(full_h * f))), Image.Resampling.BOX)
     w, h = rgb.size
     n = w * h
     grey_u8 = np.asarray(rgb.convert("L"))
@@ -153,7 +163,7 @@ def image_features(image: Image.Image) -> np.ndarray:
     return np.array([
         math.log1p(lap_var), entropy, edge, bpp,
         float(g.mean(dtype=np.float64)) / 255.0, float(g.std(dtype=np.float64)) / 255.0,
-        colorful, noise, sat, w, h, math.log2(n),
+        colorful, noise, sat, full_w, full_h, math.log2(full_w * full_h),
     ], dtype=np.float32)
 
 

@@ -75,8 +75,18 @@ def test_noise_entropy_and_estimate():
 
 def test_immerkaer_sigma_10():
     rng = np.random.default_rng(42)
-    a = np.clip(128 + rng.normal(0, 10, (256, 256)), 0, 255).round().astype(np.uint8)
+    a = np.clip(128 + rng.normal(0, 10, (128, 128)), 0, 255).round().astype(np.uint8)
     assert feat(Image.fromarray(a, mode="L"), "noise_sigma") == pytest.approx(10.0, rel=0.2)
+
+
+def test_large_images_are_analysed_at_most_128_px_with_full_size_features():
+    big = colourful_image(512).resize((512, 384))
+    small = big.resize((128, 96), Image.Resampling.BOX)
+    fb, fs = F.image_features(big), F.image_features(small)
+    size = [F.IMAGE_FEATURES.index(k) for k in ("width_px", "height_px", "log2_pixels")]
+    assert fb[size].tolist() == [512.0, 384.0, pytest.approx(np.log2(512 * 384))]
+    pixel = [i for i in range(len(F.IMAGE_FEATURES)) if i not in size]
+    np.testing.assert_allclose(fb[pixel], fs[pixel], rtol=1e-6)
 
 
 def test_brightness_darkened():
@@ -201,3 +211,21 @@ def test_runs_without_torch():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_exif_orientation_is_applied_before_features():
+    """A 200x100 JPEG with EXIF orientation 6 (rotate 90) is 100x200 for the features, as for the models."""
+    import io
+
+    from router_training.images import prepare
+
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 100), (200, 30, 30)).save(buf, format="JPEG", exif=exif.tobytes())
+    im = Image.open(io.BytesIO(buf.getvalue()))
+    assert im.size == (200, 100)
+    f = F.image_features(im)
+    assert f[F.IMAGE_FEATURES.index("width_px")] == 100 and f[F.IMAGE_FEATURES.index("height_px")] == 200
+    assert prepare(im).size == (100, 200)
+    np.testing.assert_array_equal(f, F.image_features(prepare(im)))
