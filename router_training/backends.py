@@ -59,7 +59,7 @@ def build(kind: str, **kwargs) -> Backend:
     if kind not in BACKENDS and kind in _MODULES:
         importlib.import_module(f"{__package__}.{_MODULES[kind]}")  # registers the backend on first use
     if kind not in BACKENDS:
-        raise ValueError(f"unknown backend {kind!r}; known: {sorted(BACKENDS)}")
+        raise ValueError(f"unknown backend {kind!r}; known: {sorted(set(BACKENDS) | set(_MODULES) | {'replay'})}")
     return BACKENDS[kind](**kwargs)
 
 

@@ -73,11 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("router_training").setLevel(logging.INFO)
+    try:
+        return _run(args)
+    except (ValueError, OSError) as e:  # bad input (config, files, images, artifacts): a message, not a traceback
+        print(f"router-train: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.command == "route":
         from PIL import Image
 
         from .runtime import Router
 
+        for name, v in (("--uplink-mbps", args.uplink_mbps), ("--rtt-s", args.rtt_s)):
+            if v is not None and not (v >= 0 and v < float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
         d = Router.load(args.artifact).route(Image.open(args.image), args.question, args.uplink_mbps, args.rtt_s)
         print(json.dumps({"model": d.model, "tier": d.tier, "p_correct": d.scores}, indent=2))
         return 0
@@ -85,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here loads from a hub
     from . import config, data, pipeline
 
-    try:
-        cfg = config.load(args.config, args.workdir)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"router-train: {e}", file=sys.stderr)
-        return 2
+    cfg = config.load(args.config, args.workdir)
     cmd = args.command
     if cmd in ("run", "collect"):
         try:

@@ -173,6 +173,13 @@ class ModelConfig:
                                  f"(path: a JSONL, CSV or Parquet file of per-sample outcomes; columns: our "
                                  f"name -> theirs for sample_id, answer, score, confidence, compute_s, "
                                  f"payload_bytes), got {self.options}")
+        if self.backend == "reference":  # options of reference.train_reference, checked before any training
+            allowed = {"arch", "epochs", "lr", "hidden", "image_size", "batch_images", "augment_p", "augment",
+                       "augment_max_severity", "init"}
+            unknown = set(self.options) - allowed
+            if unknown:
+                raise ValueError(f"model {self.name!r}: backend 'reference' takes options {sorted(allowed)} "
+                                 f"('arch', a timm model name, is required to train); got unknown {sorted(unknown)}")
 
 
 @dataclass
@@ -474,9 +481,17 @@ def _part(value, base: Path):
     return value, base
 
 
+SECTIONS = ("name", "dataset", "models", "profile", "router", "tune", "collect", "search")
+
+
 def from_dict(d: dict, base: Path = Path("."), workdir: Path | str = ".") -> Config:
     """Build a Config from a mapping whose parts may be paths relative to ``base``.
     Raises ValueError naming the section on unknown keys or bad values."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config: expected a mapping of sections, got {type(d).__name__} (is the file empty?)")
+    unknown = set(d) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"config: unknown keys {sorted(unknown)}; allowed: {list(SECTIONS)}")
     missing = {"name", "models", "profile"} - set(d)
     if missing:
         raise ValueError(f"config: missing keys {sorted(missing)}")
@@ -521,5 +536,8 @@ def load(path: str | Path, workdir: Path | str = ".") -> Config:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path) as f:
-        d = yaml.safe_load(f)
+        try:
+            d = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path} is not valid YAML: {e}") from None
     return from_dict(d, base=path.resolve().parent, workdir=workdir)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from . import backends, data, features, fit, outcomes, tune
 from .config import Config
+from .runtime import Router
 
 log = logging.getLogger(__name__)
 SPLITS = ("router-train", "router-val", "router-test")
@@ -64,8 +65,8 @@ def stage_collect(cfg: Config) -> pd.DataFrame:
     collection and then exits (SystemExit 0): only rank 0 goes on to the later stages."""
     from . import distributed
 
+    ds = data.build_router_dataset(cfg)  # first: refuses a changed dataset section before anything is trained
     stage_reference(cfg)
-    ds = data.build_router_dataset(cfg)
     root = cfg.path("data") / "outcomes"
     cc = cfg.collect
     worker = cc.distributed and distributed.is_worker()
@@ -221,6 +222,10 @@ def stage_report(cfg: Config, bootstrap: int = 1000, baselines: bool = True) -> 
     ``baselines`` is False: writes runs/<run>/; returns the main policy table (Markdown)."""
     from . import evaluate
 
+    manifest = Router.load(cfg.path("export")).manifest
+    if "search" not in manifest and manifest.get("tuning", {}).get("study") != stage_tune(cfg).get("study"):
+        log.info("the exported router predates the current config: re-exporting")  # a searched one is kept
+        stage_export(cfg)
     table, splits = load_splits(cfg)
     info = data.build_router_dataset(cfg).select_columns(["sample_id", "degradation", "severity"]).to_pandas()
     return evaluate.evaluate(cfg, table, stage_features(cfg), splits, cloud_index(cfg, splits["router-train"]),

@@ -183,6 +183,8 @@ def train_reference(name: str, options: dict, train_ds, answers: list[str], out_
     kind -> weight; default all kinds but clean, equally), ``augment_max_severity`` (severity drawn
     uniformly up to it, default 1), ``init`` (another reference model's name to fine-tune from).
     """
+    if "arch" not in options:
+        raise ValueError(f"reference model {name!r}: options need 'arch' (a timm model name, e.g. resnet10t)")
     weights = out_dir / f"{name}.safetensors"
     augment = options.get("augment") or {k: 1.0 for k in degrade.KINDS if k != "clean"}
     L.seed_everything(seed, verbose=False)

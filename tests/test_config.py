@@ -185,3 +185,19 @@ def test_default_workdir_is_cwd_not_checkout(tmp_path, monkeypatch):
     cfg = C.load(REPO / "configs" / "easyvqa.yaml")
     assert cfg.path("data") == tmp_path.resolve() / "data" / "easyvqa"
     assert not cfg.path("data").is_relative_to(REPO)
+
+
+def test_unknown_section_empty_file_and_bad_yaml_are_clear_errors(tmp_path, capsys):
+    from router_training.cli import main
+
+    with pytest.raises(ValueError, match=r"unknown keys \['tunes'\]"):
+        C.from_dict(base_dict(tunes={}), base=tmp_path, workdir=tmp_path)
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        C.load(tmp_path / "empty.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [\n")
+    assert main(["data", str(tmp_path / "bad.yaml")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="image_sise"):
+        C.from_dict(base_dict(models=[{"name": "a", "tier": "edge", "options": {"image_sise": 32}},
+                                      {"name": "b", "tier": "cloud"}]), base=tmp_path, workdir=tmp_path)
