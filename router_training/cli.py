@@ -84,13 +84,19 @@ def _run(args) -> int:
     if args.command == "route":
         from PIL import Image
 
-        from .runtime import Router
+        from .runtime import Router, expected_costs
 
         for name, v in (("--uplink-mbps", args.uplink_mbps), ("--rtt-s", args.rtt_s)):
             if v is not None and not (v >= 0 and v < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        d = Router.load(args.artifact).route(Image.open(args.image), args.question, args.uplink_mbps, args.rtt_s)
-        print(json.dumps({"model": d.model, "tier": d.tier, "p_correct": d.scores}, indent=2))
+        router = Router.load(args.artifact)
+        d = router.route(Image.open(args.image), args.question, args.uplink_mbps, args.rtt_s)
+        profile = router.profile.with_network(args.uplink_mbps, args.rtt_s)
+        lat, en = expected_costs(router.manifest, profile)
+        print(json.dumps({"model": d.model, "tier": d.tier, "p_correct": d.scores,
+                          "network": {"uplink_mbps": profile.uplink_mbps, "rtt_s": profile.rtt_s},
+                          "expected_latency_s": dict(zip(router.models, lat.tolist())),
+                          "expected_energy_j": dict(zip(router.models, en.tolist()))}, indent=2))
         return 0
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here loads from a hub

@@ -86,6 +86,8 @@ def test_route_cli_runs_without_torch(tiny_run):
     assert decision["model"] in cfg.model_names
     assert set(decision["p_correct"]) == set(cfg.model_names)
     assert all(0.0 <= p <= 1.0 for p in decision["p_correct"].values())
+    assert decision["network"]["uplink_mbps"] == cfg.profile.uplink_mbps
+    assert decision["expected_latency_s"]["cloud"] > cfg.profile.rtt_s > decision["expected_latency_s"]["edge-small"]
 
 
 def test_rerun_reuses_every_cache(tiny_run):
