@@ -23,6 +23,7 @@ SPLITS = ("router-train", "router-val", "router-test")
 
 
 def reference_dir(cfg: Config):
+    """Folder of the run's trained reference models: checkpoints/<run>/reference/."""
     return cfg.path("checkpoints") / "reference"
 
 
@@ -47,6 +48,8 @@ def stage_reference(cfg: Config) -> None:
 
 
 def make_backend(cfg: Config, name: str):
+    """The backend of model ``name`` (``backends.build``); reference models load from ``reference_dir``.
+    Raises ValueError for a replay model (collected by ``outcomes.replay``) or an unknown backend."""
     m = next(m for m in cfg.models if m.name == name)
     if m.backend == "replay":
         raise ValueError(f"model {name!r} replays outcomes from {m.options.get('path')}; it has no backend to run")
@@ -152,6 +155,8 @@ def stage_fit(cfg: Config, force: bool = False, loggers: bool = True):
 
 
 def predict(module, spec: dict, x: np.ndarray) -> np.ndarray:
+    """Raw features float (n, F) -> P(correct) float32 (n, K), standardised with ``spec["features"]``
+    (the torch twin of ``runtime.Router.predict``)."""
     import torch
 
     mean, std = (np.asarray(spec["features"][k], dtype=np.float32) for k in ("mean", "std"))

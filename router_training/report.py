@@ -26,6 +26,7 @@ def baseline_assignments(split, models: list[str], tiers: list[str], router_assi
 
 
 def to_frame(rows: dict) -> pd.DataFrame:
+    """Policy name -> metric dict as a DataFrame with the report's column names; latencies in ms."""
     df = pd.DataFrame({name: {c: r.get(c, np.nan) for c in COLUMNS} for name, r in rows.items()}).T
     df["mean_latency_s"] *= 1000.0
     df["p95_latency_s"] *= 1000.0
@@ -61,6 +62,7 @@ def routing_markdown(routing: dict, intervals: dict) -> str:
 
 
 def calibration_markdown(calib: dict) -> str:
+    """``metrics.calibration_table`` output as a Markdown table."""
     lines = ["| model | temperature (router-val) | ECE before | ECE after | NLL before | NLL after |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {m} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} | "
@@ -69,6 +71,7 @@ def calibration_markdown(calib: dict) -> str:
 
 
 def bandwidth_markdown(rows: list[dict]) -> str:
+    """``evaluate.bandwidth_table`` rows as a Markdown table (latency in ms, energy in J)."""
     lines = ["| uplink (Mbit/s) | router acc | edge share | router latency (ms) | all-cloud latency (ms) | "
              "router energy (J) | all-cloud energy (J) |", "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['uplink_mbps']:g} | {r['accuracy']:.4f} | {r['edge_share']:.3f} | {1e3 * r['mean_latency_s']:.2f} | "
