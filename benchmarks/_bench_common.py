@@ -117,6 +117,20 @@ def time_calls(fn, reps: int, warmup: int = 1) -> list[float]:
     return out
 
 
+def interleaved(fns: dict, reps: dict, rounds: int, warmup: int = 2) -> dict:
+    """Wall seconds per call of each ``fns[name]()``, timed in ``rounds`` alternating blocks of
+    ``reps[name]`` calls (after ``warmup`` untimed calls each), so that a slow spell of a shared machine
+    falls on every function alike and the ratio of their medians stays fair. name -> list of seconds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name] += time_calls(fn, reps[name], 0)
+    return out
+
+
 def med(xs) -> float:
     return float(statistics.median(xs))
 

@@ -6,9 +6,9 @@ One query = one 512x512 RGB image (synthetic, photo-like; already decoded, since
 both need the decoded image) and a short question. Three things are timed on it:
 
 1. ours: ``runtime.Router.route(image, question)`` on a real exported artifact (``router.onnx`` +
-   ``manifest.json``): ``images.prepare`` (EXIF + RGB copy), ``features.extract`` (image features at
-   the query's own 512 px + text features), the ONNX Runtime session run (1 intra-op thread, as
-   ``Router.load`` sets) and ``Router.decide``. With ``--artifact DIR`` that artifact is used; by
+   ``manifest.json``): ``features.extract`` (EXIF orientation, image features on a 64 px thumbnail and
+   a native 64 px central crop of the 512 px image, question features and hashed words), the ONNX
+   Runtime session run (1 intra-op thread, as ``Router.load`` sets) and ``Router.decide``. With ``--artifact DIR`` that artifact is used; by
    default a small one is built: ``fit.fit`` for 1 epoch on 2,000 synthetic rows with the real feature
    width and 3 models, exported with ``export.export``. The artifact's weights do not change the cost
    (same MLP shape), only its presence does. A per-stage breakdown, and the same ``route`` on a 64 px
@@ -35,7 +35,8 @@ both need the decoded image) and a short question. Three things are timed on it:
 How to read it: ``overhead / VLM`` is the share of a VLM query's compute that the routing decision adds
 when the query then runs on that VLM; ``MiniLM-router / ours`` how many times longer the MiniLM
 baseline takes to decide than our router. Both are ratios of times measured in the same process on the
-same machine, which carry over better than the absolute milliseconds. Caveats: our router runs on 1
+same machine, which carry over better than the absolute milliseconds; our router and the MiniLM router
+are timed in 10 alternating blocks so that a slow spell of a shared machine hits both. Caveats: our router runs on 1
 thread (numpy, Pillow, ONNX Runtime with 1 intra-op thread) while the VLM and MiniLM use torch's
 threads (``--threads``; printed); on a busy machine the medians are noisy, see the ranges. The VLM is
 timed on this CPU, not on an edge accelerator: on a device where the VLM runs on an NPU/GPU and the
@@ -179,7 +180,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from router_training import baselines, features, images
+    from router_training import baselines, features
     from router_training.runtime import Router
 
     if args.threads:
@@ -201,15 +202,11 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         router = Router.load(artifact)
         warm = max(3, args.router_reps // 20)
-        ours = common.time_calls(lambda: router.route(image, question), args.router_reps, warm)
-        ours_small = common.time_calls(lambda: router.route(small, question), args.router_reps, warm)
-        prep = images.prepare(image)
-        feats = features.extract(prep, question)[None]
+        feats = features.extract(image, question)[None]
         probs = router.predict(feats)
         stages = {
-            "images.prepare": lambda: images.prepare(image),
-            f"image_features ({args.image_size} px)": lambda: features.image_features(prep),
-            "text_features": lambda: features.text_features(question),
+            f"image_features ({args.image_size} px)": lambda: features.image_features(image),
+            "question_features": lambda: features.question_features(question),
             "ONNX session run (predict)": lambda: router.predict(feats),
             "decide": lambda: router.decide(probs),
         }
@@ -233,7 +230,15 @@ def main() -> None:
             gap = p_[np.arange(len(p_)), edge[j]] - p_[:, cloud]
             return np.where(gap >= 0.0, edge[j], cloud)
 
-        minilm = common.time_calls(minilm_route, args.minilm_reps, 2)
+        # ours (both sizes) and the MiniLM router in alternating blocks: a shared machine's slow spells
+        # then hit all three alike, so the ratio holds even when the absolute times drift
+        rounds = 10
+        timed = common.interleaved(
+            {"ours": lambda: router.route(image, question), "ours_small": lambda: router.route(small, question),
+             "minilm": minilm_route},
+            {"ours": max(1, args.router_reps // rounds), "ours_small": max(1, args.router_reps // rounds),
+             "minilm": max(1, args.minilm_reps // rounds)}, rounds)
+        ours, ours_small, minilm = timed["ours"], timed["ours_small"], timed["minilm"]
 
         # ---- VLM
         t0 = time.perf_counter()
@@ -278,10 +283,10 @@ def main() -> None:
         print(f"  {k:<30} {1e3 * common.med(ts):>9.3f}  (range {common.spread(ts)})")
     print()
     rows = [
-        (f"our router: route() at {args.image_size} px (headline)", ours, args.router_reps),
-        ("our router: route() at 64 px (for contrast)", ours_small, args.router_reps),
+        (f"our router: route() at {args.image_size} px (headline)", ours, len(ours)),
+        ("our router: route() at 64 px (for contrast)", ours_small, len(ours_small)),
         ("VLM: template + processor + generate", vlm, args.vlm_reps),
-        ("MiniLM router: encode + linear head", minilm, args.minilm_reps),
+        ("MiniLM router: encode + linear head", minilm, len(minilm)),
     ]
     for name, ts, n in rows:
         print(f"{name:<48} {1e3 * common.med(ts):>11.3f} ms  (median of {n}; range {common.spread(ts)} ms)")

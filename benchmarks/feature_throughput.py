@@ -1,19 +1,19 @@
 """Throughput of the router's hand-crafted features (``router_training.features``), one call at a time
-as on the device: ``image_features`` on square RGB images of 64, 224 and 640 px, and ``text_features``
-on short VQA questions.
+as on the device: ``image_features`` on square RGB images of 64, 224 and 640 px, and
+``question_features`` (hand-crafted text signals + hashed words) on short VQA questions.
 
 What it measures: wall time of ``features.image_features(image)`` per image (the images are
 synthetic but photo-like, see ``_bench_common.synthetic_image``: gradients, shapes, blur, sensor noise;
-already decoded RGB, so file decoding is not included) and of ``features.text_features(question)`` per
-question, in one process on one thread (numpy and Pillow here do not multi-thread these operations).
+already decoded RGB, so file decoding is not included) and of ``features.question_features(question)``
+per question, in one process on one thread (numpy and Pillow here do not multi-thread these operations).
 Each size is timed in ``--rounds`` rounds over ``--images`` distinct images; a round's rate is
 images / seconds, and the table shows the median round (and the slowest-fastest range).
 
 How to read it: the numbers that carry over to other machines are the ratios in the same run, not the
 absolute rates. ``time x vs 64 px`` is how much longer one image takes than a 64 px image and
-``pixels x`` how many more pixels it has: time growing slower than pixels means a fixed per-call cost
-(Python, JPEG encoder setup) still dominates; near-equal means the per-pixel work (filters, JPEG,
-HSV) dominates, so time is proportional to the megapixels of the images the device sees. The text row
+``pixels x`` how many more pixels it has. Above 64 px the pixel statistics run on a 64 px thumbnail and
+a native 64 px crop, so only the box reduction touches every pixel: time should grow much slower than
+pixels (a fixed per-call cost, then one cheap pass over the image). The text row
 compares one question with one 64 px image. The absolute rates depend on the CPU and on what else runs.
 
     HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python benchmarks/feature_throughput.py [--rounds 7] [--images 16]
@@ -56,13 +56,13 @@ def main() -> None:
         rows.append((f"image {size}x{size} px", size * size, per_round))
 
     qs = list(common.QUESTIONS)
-    features.text_features(qs[0])
+    features.question_features(qs[0])
     per_round = []
     for _ in range(args.rounds):
         t0 = time.perf_counter()
         for _ in range(args.question_reps):
             for q in qs:
-                features.text_features(q)
+                features.question_features(q)
         per_round.append((time.perf_counter() - t0) / (args.question_reps * len(qs)))
     rows.append(("text (one question)", None, per_round))
 

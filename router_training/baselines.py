@@ -157,7 +157,7 @@ def _one_hot(idx: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _grid(values: np.ndarray, n: int, lo: float, hi: float) -> np.ndarray:
+def quantile_knobs(values: np.ndarray, n: int, lo: float, hi: float) -> np.ndarray:
     """Sweep knobs: ``n`` quantiles of ``values`` (finite ones) and the endpoints, sorted, unique."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
@@ -429,7 +429,7 @@ class ScoreBaseline(Baseline):
         return _one_hot(np.where(u >= knob, choice, self.cloud), split.score.shape[1])
 
     def knobs(self, split: SplitArrays, n: int = 41) -> np.ndarray:
-        return _grid(self.edge_score(split)[0], n, self.all_edge_knob, self.all_cloud_knob)
+        return quantile_knobs(self.edge_score(split)[0], n, self.all_edge_knob, self.all_cloud_knob)
 
 
 class ProbBaseline(ScoreBaseline):
@@ -444,6 +444,18 @@ class ProbBaseline(ScoreBaseline):
         edge = np.array([k for k, t in enumerate(self.tiers) if t == "edge"])
         j = p[:, edge].argmax(1)
         return p[np.arange(len(p)), edge[j]] - p[:, self.cloud], edge[j]
+
+
+class Predicted(ProbBaseline):
+    """An already trained per-model correctness predictor ``probs(split) -> (n, K)``, e.g. the exported
+    router (``lambda s: router.predict(s.x)``), swept exactly like the baselines (``fit`` only records
+    the context). Not in the registry: it needs the predictor."""
+
+    def __init__(self, probs: Callable[[SplitArrays], np.ndarray]):
+        self._probs = probs
+
+    def probs(self, split):
+        return self._probs(split)
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -582,19 +594,22 @@ class QuestionTypeRule(Baseline):
 
 _COLUMNS = {"image": [FEATURE_NAMES.index(f) for f in IMAGE_FEATURES],
             "text": [FEATURE_NAMES.index(f) for f in TEXT_FEATURES],
+            "both": [FEATURE_NAMES.index(f) for f in IMAGE_FEATURES + TEXT_FEATURES],
             "all": list(range(len(FEATURE_NAMES)))}
 
 
-@register("mlp_both_minilm", columns="all", embedding=True)
-@register("mlp_both", columns="all")
+@register("mlp_both_minilm", columns="both", embedding=True)
+@register("mlp_both", columns="both")
 @register("mlp_text", columns="text")
 @register("mlp_image", columns="image")  # decorators apply bottom-up: registry order image, text, both, +MiniLM
 class FeatureMLP(ProbBaseline):
     """The project's complexity predictor (``fit.RouterNet`` trained by ``fit.fit``: BCE plus the
     expected cost of soft routing) on a subset of the features: ``columns`` "image" (IMAGE_FEATURES),
-    "text" (TEXT_FEATURES) or "all"; with ``embedding`` the MiniLM question embedding is appended ("with
-    learned embeddings"). The feature ablation: image-only, text-only, both, both + embeddings. Routed by
-    the predicted gap (``ProbBaseline``), so the four differ only in their inputs."""
+    "text" (TEXT_FEATURES), "both" (the two: hand-crafted signals without the learned word embeddings of
+    WORD_FEATURES) or "all" (the router's own inputs); with ``embedding`` the MiniLM question embedding is
+    appended (frozen pretrained embeddings). The feature ablation of the router: image-only, text-only,
+    both without learned word embeddings, both + MiniLM; the router itself is "all". Routed by the
+    predicted gap (``ProbBaseline``), so they differ only in their inputs."""
 
     def __init__(self, columns: str = "all", embedding: bool = False):
         if columns not in _COLUMNS:
@@ -617,9 +632,7 @@ class FeatureMLP(ProbBaseline):
         val = ctx.val
         tr = train
         if val is None:  # hold out a seeded 20% of router-train for fit.fit's best epoch
-            perm = np.random.default_rng(ctx.seed).permutation(len(train))
-            cut = max(1, len(train) // 5)
-            tr, val = _subset(train, perm[cut:]), _subset(train, perm[:cut])
+            tr, val = train.holdout(0.2, ctx.seed)
         tr, va = (dataclasses.replace(s, x=self._inputs(s)) for s in (tr, val))
         spec = ctx.spec or derived_spec(train, self.tiers, self.cloud)
         rc = ctx.router_config or RouterConfig()
@@ -633,11 +646,6 @@ class FeatureMLP(ProbBaseline):
         x = self._inputs(split)
         with single_thread():
             return fit.predict(self.module, self.dm, x).astype(np.float64)
-
-
-def _subset(s: SplitArrays, idx: np.ndarray) -> SplitArrays:
-    return SplitArrays([s.sample_ids[i] for i in idx], s.x[idx], s.score[idx], s.latency_s[idx],
-                       s.energy_j[idx], s.confidence[idx])
 
 
 @register("minilm_clf")
@@ -792,7 +800,7 @@ class Cascade(Baseline):
         return cascade_metrics(split, knob, self.tiers, self.cloud, self.edge, models)
 
     def knobs(self, split, n=41):
-        return _grid(split.confidence[:, self.edge], n, self.all_edge_knob, self.all_cloud_knob)
+        return quantile_knobs(split.confidence[:, self.edge], n, self.all_edge_knob, self.all_cloud_knob)
 
 
 @register("combined")
@@ -833,7 +841,7 @@ class Combined(Baseline):
         a = self.router_assign(split)
         edge = np.array([t == "edge" for t in self.tiers])
         conf = split.confidence[(a > 0) & edge[None, :]]
-        return _grid(conf, n, 0.0, self.all_cloud_knob)
+        return quantile_knobs(conf, n, 0.0, self.all_cloud_knob)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps

@@ -205,18 +205,50 @@ class RouterConfig:
 
 
 @dataclass
+class GuaranteeConfig:
+    """Threshold calibration with a distribution-free guarantee (``guarantee.py``, Learn then Test):
+    the accuracy lost against all-cloud on new data exceeds ``eps`` (VQA-accuracy points as a fraction,
+    0.01 = one point) with probability at most ``delta``. ``transform``: "clip" (tighter when routed
+    answers rarely beat the cloud's) or "shift" (see ``guarantee.to_unit``). ``resplits``: how many random
+    router-val / router-test resplits the report's empirical check runs."""
+
+    eps: float = 0.01
+    delta: float = 0.1
+    transform: str = "clip"
+    resplits: int = 200
+
+    def __post_init__(self):
+        if not 0 <= self.eps < 1 or not 0 < self.delta < 1:
+            raise ValueError(f"tune.guarantee needs 0 <= eps < 1 and 0 < delta < 1, got eps {self.eps}, "
+                             f"delta {self.delta}")
+        if self.transform not in ("clip", "shift"):
+            raise ValueError(f"tune.guarantee.transform must be 'clip' or 'shift', got {self.transform!r}")
+        if not isinstance(self.resplits, int) or self.resplits < 1:
+            raise ValueError(f"tune.guarantee.resplits must be a positive int, got {self.resplits!r}")
+
+
+@dataclass
 class TuneConfig:
     """Threshold search on router-val: keep ``min_cloud_accuracy_ratio`` of all-cloud accuracy and
-    minimise ``minimize`` ("latency" or "energy")."""
+    minimise ``minimize`` ("latency" or "energy").
+
+    With ``guarantee`` (a mapping of GuaranteeConfig fields, e.g. ``{eps: 0.01, delta: 0.1}``) the
+    Optuna search is replaced by Learn-then-Test calibration on router-val: the lambdas stay the router
+    section's, the edge threshold is the most permissive one certified, and the router's best epoch is
+    chosen on a held-out fifth of router-train so router-val is untouched by training (the guarantee's
+    exchangeability assumption, ``guarantee.py``)."""
 
     n_trials: int = 300
     min_cloud_accuracy_ratio: float = 0.99
     minimize: str = "latency"
     seed: int = 0
+    guarantee: GuaranteeConfig | None = None
 
     def __post_init__(self):
         if self.minimize not in ("latency", "energy"):
             raise ValueError(f"tune.minimize must be 'latency' or 'energy', got {self.minimize!r}")
+        if isinstance(self.guarantee, dict):
+            self.guarantee = _build(GuaranteeConfig, self.guarantee, "tune.guarantee")
 
 
 @dataclass
@@ -262,7 +294,7 @@ class CollectConfig:
 # router fields a search space may name besides RouterConfig's own (``hidden`` is hidden_width x depth;
 # ``feature_groups`` masks feature columns; ``threshold`` is the decision threshold of the edge models)
 SEARCH_EXTRA_PARAMS = ("hidden_width", "depth", "feature_groups", "threshold")
-FEATURE_GROUPS = ("image", "text")
+FEATURE_GROUPS = ("image", "text", "words")  # features.IMAGE_FEATURES, TEXT_FEATURES, WORD_FEATURES
 SEARCH_MODES = ("single", "multi")
 SEARCH_SAMPLERS = ("tpe", "nsga2", "random")
 SEARCH_PRUNERS = ("none", "median", "percentile", "hyperband", "successive_halving", "threshold")
@@ -279,7 +311,7 @@ def default_search_space() -> dict:
         "lambda_latency": {"float": [0.0, 1.0]},
         "lambda_energy": {"float": [0.0, 1.0]},
         "label_smoothing": {"float": [0.0, 0.1]},
-        "feature_groups": {"categorical": ["image+text", "image", "text"]},
+        "feature_groups": {"categorical": ["image+text+words", "image+text", "image"]},
     }
 
 
@@ -295,7 +327,7 @@ def _number(v):
 
 def _feature_group_choice(choice, where: str) -> str:
     """A feature_groups choice ("image+text", "text" or a list such as [image, text]) as the canonical
-    string "image+text" / "image" / "text"."""
+    "+"-joined string in FEATURE_GROUPS order (e.g. "image+text+words")."""
     parts = choice.split("+") if isinstance(choice, str) else choice
     if not isinstance(parts, (list, tuple)) or not parts or any(p not in FEATURE_GROUPS for p in parts):
         raise ValueError(f"{where}: each choice is a '+'-joined or listed subset of {list(FEATURE_GROUPS)} "
@@ -339,7 +371,7 @@ def parse_search_space(space: dict) -> dict:
             continue
         if name == "feature_groups":
             raise ValueError(f"{where}: feature_groups takes {{categorical: [...]}}, e.g. "
-                             "{categorical: [image+text, image, text]}")
+                             "{categorical: [image+text+words, image+text, image]}")
         bounds = [_number(b) for b in spec[kind]] if isinstance(spec[kind], (list, tuple)) else spec[kind]
         if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
@@ -374,7 +406,8 @@ class SearchConfig:
       ``{int: [low, high], log, step}`` or ``{categorical: [choices]}``. Parameters: RouterConfig fields
       (lr, weight_decay, dropout, epochs, batch_size, lambda_latency, lambda_energy, label_smoothing,
       cost_weight, temperature), ``hidden_width`` and ``depth`` (hidden = [hidden_width] * depth),
-      ``feature_groups`` (categorical over "image+text", "image", "text": the other group's feature
+      ``feature_groups`` (categorical over "+"-joined subsets of "image", "text" (hand-crafted question
+      signals) and "words" (the hashed words the router learns embeddings for): the other groups' feature
       columns are masked) and ``threshold`` (the edge models' decision threshold: searched in multi
       mode even when not listed; listed in single mode, it replaces the sweep). Unlisted parameters keep
       the ``router`` section's values. Example (YAML)::
@@ -384,7 +417,7 @@ class SearchConfig:
             hidden_width: {int: [16, 128], log: true}
             depth: {int: [1, 3]}
             label_smoothing: {float: [0.0, 0.1]}
-            feature_groups: {categorical: [image+text, image, text]}
+            feature_groups: {categorical: [image+text+words, image+text, image]}
     - ``mode``: "single" maximises the edge share subject to accuracy >= ``min_cloud_accuracy_ratio`` x
       all-cloud accuracy on router-val (an Optuna constraint; the threshold comes from a sweep of
       ``threshold_grid`` values on router-val); "multi" finds the Pareto front of (accuracy, mean latency,

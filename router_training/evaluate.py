@@ -17,21 +17,52 @@ import pandas as pd
 from . import metrics, outcomes, policies, report
 from .config import Config
 from .fit import SplitArrays, split_arrays
-from .runtime import Router, decide, expected_costs
+from .runtime import Router, expected_costs
 
 BANDWIDTHS_MBPS = (1, 2, 5, 10, 20, 50, 100)
-SWEEP = np.linspace(0.0, 1.0, 41)
 PLOTTED_BASELINES = ("cascade", "knn", "hybrid_det", "minilm_clf", "mlp_image", "mlp_text")
 
 
-def router_sweep(router: Router, probs: np.ndarray, tiers: list[str], uplink_mbps: float | None = None) -> list:
-    """Assignment matrices (n, K) of the router with one threshold t for every edge model, t in SWEEP,
-    the tuned lambdas kept."""
+def router_sweep(router: Router, train: SplitArrays, test: SplitArrays, tiers: list[str], cloud: int,
+                 models: list[str]) -> tuple[list[dict], list[np.ndarray]]:
+    """The router's routing curve on ``test``, from all-edge to all-cloud: its predicted P(correct) ranked
+    and swept exactly as every per-model predictor among the baselines is (``baselines.Predicted``:
+    query i goes to the edge model with the highest predicted P(correct) when that exceeds the cloud
+    reference's by at least the knob; knobs at quantiles of that gap, as RouteLLM sweeps). So the curves
+    compare what the predictors know; the tuned thresholds and lambdas (an operating point that also
+    weighs latency and energy) are the "router" row of the policy table. Returns (sweep points with
+    ``metrics.policy_metrics`` keys and ``threshold`` = knob, assignments (n, K) per point)."""
+    from . import baselines
+
+    b = baselines.Predicted(lambda s: router.predict(s.x)).fit(train, baselines.Context(tiers, cloud))
+    points = baselines.sweep(b, test, models=models)
+    return points, [b.assign(test, p["threshold"]) for p in points]
+
+
+def guarantee_check(cfg: Config, router: Router, splits: dict[str, SplitArrays], cloud: int) -> dict:
+    """The Learn-then-Test check on this run's real outcomes (``guarantee.resplit_check``), with
+    ``tune.guarantee``'s eps / delta / transform / resplits (GuaranteeConfig defaults when unset) and
+    the exported router's probabilities and lambdas. The pool is data the router never trained on:
+    router-val + router-test in guarantee mode (each calibration part is then as large as router-val, the
+    set the deployed threshold was calibrated on), router-test alone otherwise (router-val chose the
+    best epoch and the tuned thresholds). Returns the check's dict plus ``pool``."""
+    from . import guarantee
+    from .config import GuaranteeConfig
+
+    gc = cfg.tune.guarantee or GuaranteeConfig()
+    names = ("router-val", "router-test") if cfg.tune.guarantee else ("router-test",)
+    x = np.concatenate([splits[s].x for s in names])
+    score = np.concatenate([splits[s].score for s in names])
     d = router.manifest["decision"]
-    lat, en = expected_costs(router.manifest, router.profile.with_network(uplink_mbps))
-    return [np.eye(len(tiers))[decide(probs, lat, en, [t if tier == "edge" else 0.0 for tier in tiers],
-                                      d["lambda_latency"], d["lambda_energy"], d["ref_latency_s"], d["ref_energy_j"])]
-            for t in SWEEP]
+    lat, en = expected_costs(router.manifest, router.profile)
+    grid = guarantee.DEFAULT_GRID
+    assign = guarantee.router_assign(router.predict(x), router.tiers, lat, en, d["lambda_latency"],
+                                     d["lambda_energy"], d["ref_latency_s"], d["ref_energy_j"])
+    assigns = [assign(t) for t in grid]
+    losses = np.stack([guarantee.per_sample_loss(a, score, cloud) for a in assigns])
+    edge = np.stack([a[:, np.array(router.tiers) == "edge"].sum(1) for a in assigns])
+    return {**guarantee.resplit_check(losses, grid, gc.eps, gc.delta, gc.transform, gc.resplits, edge=edge),
+            "pool": " + ".join(names)}
 
 
 def bandwidth_table(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, router: Router, cloud: int) -> list[dict]:
@@ -86,12 +117,11 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
     assign = np.eye(len(cfg.models))[router.decide(probs)]
     rows = {name: metrics.policy_metrics(a, test, cfg.tiers, cloud, cfg.model_names)
             for name, a in report.baseline_assignments(test, cfg.model_names, cfg.tiers, assign).items()}
-    sweep_assigns = router_sweep(router, probs, cfg.tiers)
-    sweep = [{"threshold": float(t), **metrics.policy_metrics(a, test, cfg.tiers, cloud, cfg.model_names)}
-             for t, a in zip(SWEEP, sweep_assigns)]
-    refs = metrics.references(test, cfg.tiers, cloud)
-    routing = {"router": metrics.routing_summary(sweep, refs)} if "edge" in cfg.tiers else {}
-    curves = {"router (threshold sweep)": sweep}
+    routing, curves, sweep, sweep_assigns = {}, {}, [], []
+    if "edge" in cfg.tiers:  # routing curves need an edge model to route to
+        sweep, sweep_assigns = router_sweep(router, splits["router-train"], test, cfg.tiers, cloud, cfg.model_names)
+        routing = {"router": metrics.routing_summary(sweep, metrics.references(test, cfg.tiers, cloud))}
+        curves = {"router (sweep)": sweep}
     if routing and settings is not None:
         compared = compare_baselines(cfg, splits, cloud, router, out, settings)
         routing.update({name: r["summary"] for name, r in compared.items()})
@@ -104,6 +134,7 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
     out.mkdir(parents=True, exist_ok=True)
     metrics.reliability_plot(out, probs, test.score, cfg.model_names, scaled=metrics.apply_temperature(probs, temps))
     bw = bandwidth_table(cfg, table, feats, router, cloud)
+    check = guarantee_check(cfg, router, splits, cloud) if "edge" in cfg.tiers else None
     report.pareto_plot(out / "pareto.png", curves, rows,
                        f"{cfg.name}: router-test, profile {cfg.profile.name}")
     report.bandwidth_plot(out / "bandwidth.png", bw, cfg.profile.name)
@@ -114,8 +145,11 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
                 "Thresholds and temperatures were chosen on router-val; every figure below is on router-test.", "",
                 main, "", report.interval_lines(intervals["router"]), ""]
     if routing:
-        sections += ["## Routing curves (threshold sweep)", "", report.routing_markdown(routing, intervals), "",
+        sections += ["## Routing curves (sweeps from all-edge to all-cloud)", "", report.routing_markdown(routing, intervals), "",
                      "![pareto](pareto.png)", ""]
+    if check is not None:
+        sections += ["## Accuracy-loss guarantee (Learn then Test)", "",
+                     report.guarantee_markdown(check, router.manifest.get("tuning", {}).get("guarantee")), ""]
     sections += ["## Calibration of predicted P(correct)", "", report.calibration_markdown(calib), "",
                  "## Uplink bandwidth (the router re-decides at run time, no retraining)", "",
                  report.bandwidth_markdown(bw), "", "![bandwidth](bandwidth.png)", ""]
@@ -124,7 +158,7 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
     (out / "report.md").write_text("\n".join(sections))
     (out / "report.json").write_text(json.dumps(
         {"policies": rows, "sweep": sweep, "routing": routing, "intervals": intervals, "calibration": calib,
-         "bandwidth": bw, "decision": router.manifest["decision"], "profile": cfg.profile.to_dict()},
+         "bandwidth": bw, "guarantee_check": check, "decision": router.manifest["decision"], "profile": cfg.profile.to_dict()},
         indent=2, default=float))
     return main
 

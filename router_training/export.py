@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .features import FEATURE_NAMES
+from .features import FEATURE_NAMES, FEATURE_VERSION
 from .fit import Probabilities, RouterModule
 from .runtime import MANIFEST, ONNX_FILE, Router
 
@@ -29,7 +29,7 @@ def export(module: RouterModule, mean: np.ndarray, std: np.ndarray, spec: dict, 
     versions = {p: metadata.version(p) for p in ("router-training", "torch", "onnx", "onnxruntime", "numpy")}
     manifest = {
         "format": "router-training/1",
-        "features": {"names": list(FEATURE_NAMES), "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()},
+        "features": {"version": FEATURE_VERSION, "names": list(FEATURE_NAMES), "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()},
         "models": spec["models"],
         "profile": spec["profile"],
         "decision": {"thresholds": decision["thresholds"], "lambda_latency": decision["lambda_latency"],

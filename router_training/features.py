@@ -12,6 +12,7 @@ filter-based features.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -28,7 +29,7 @@ IMAGE_FEATURES: tuple[str, ...] = (
     "rms_contrast",       # std grey / 255, 0..0.5
     "colorfulness",       # Hasler & Suesstrunk M, RGB 0..255 units
     "noise_sigma",        # Immerkaer noise std, grey levels
-    "mean_saturation",    # mean HSV saturation / 255, 0..1
+    "mean_saturation",    # mean HSV saturation (max - min) / max over R, G, B, 0..1
     "width_px",
     "height_px",
     "log2_pixels",        # log2(width * height)
@@ -65,11 +66,18 @@ TEXT_FEATURES: tuple[str, ...] = (
     + tuple("qtype_" + t.replace("/", "_") for t in QUESTION_TYPES)
     + tuple("cue_" + c for c in _CUES)
 )
-FEATURE_NAMES: tuple[str, ...] = IMAGE_FEATURES + TEXT_FEATURES
+WORD_BUCKETS = 128  # hashed bag of words: easy-VQA's 26 question words get 26 distinct bucket pairs
+WORD_FEATURES: tuple[str, ...] = tuple(f"word_{i:03d}" for i in range(WORD_BUCKETS))
+FEATURE_NAMES: tuple[str, ...] = IMAGE_FEATURES + TEXT_FEATURES + WORD_FEATURES
 
+# Bumped whenever a feature's definition changes (same names, other values): cached feature tables and
+# exported routers of another version are then recomputed / refused instead of silently mismatched.
+FEATURE_VERSION = 2
 EDGE_THRESHOLD = 100.0  # Sobel magnitude on grey 0..255; = a 25-grey-level step edge
 JPEG_QUALITY = 75
-ANALYSIS_MAX_SIDE = 128  # pixel statistics on at most 128 px (easy-VQA's 64 px images are analysed whole)
+ANALYSIS_MAX_SIDE = 64  # global pixel statistics on at most 64 px (easy-VQA's 64 px images are analysed whole)
+SHARPNESS_CROP = 64  # blur and noise on the central 64 x 64 px at native resolution
+_ORIENTATION = 0x0112  # EXIF tag
 
 _AUX = frozenset(
     "is are was were am do does did can could will would should shall has have had "
@@ -83,12 +91,13 @@ _TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB, EXIF orientation applied (as ``images.prepare`` does for the models, so
-    features see the image the models see; a no-op on an already oriented image).  16-bit modes
-    ("I;16*") are scaled by 1/257 to 0..255 (Pillow's own conversion would clip them); "I"/"F" are
-    clipped by Pillow."""
+    features see the image the models see).  16-bit modes ("I;16*") are scaled by 1/257 to 0..255
+    (Pillow's own conversion would clip them); "I"/"F" are clipped by Pillow.  An RGB image without an
+    orientation tag is returned as is (no copy: this runs per query on the device)."""
     if image.width * image.height == 0:
         raise ValueError(f"image has no pixels (size {image.size})")
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16"):
         a = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(np.round(a).astype(np.uint8))  # 2-D uint8 -> "L"
@@ -99,6 +108,26 @@ def _conv_valid(a: np.ndarray, row: tuple, col: tuple) -> np.ndarray:
     """Separable 3x3 correlation row^T (x) col over a (H, W) array, 'valid' mode -> (H-2, W-2)."""
     v = row[0] * a[:-2] + row[1] * a[1:-1] + row[2] * a[2:]
     return col[0] * v[:, :-2] + col[1] * v[:, 1:-1] + col[2] * v[:, 2:]
+
+
+def analysis_views(rgb: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """(thumbnail, crop) of an RGB image: the thumbnail has its longer side at most ANALYSIS_MAX_SIDE px
+    (aspect ratio kept), sampled by nearest neighbour; the crop is the central SHARPNESS_CROP x
+    SHARPNESS_CROP px (or less) at native resolution.  Both are the image itself when it fits in
+    ANALYSIS_MAX_SIDE (easy-VQA's 64 px images).
+
+    Nearest-neighbour sampling reads only the thumbnail's pixels, so the cost does not grow with the
+    camera resolution (a box filter reads every pixel: ~0.2 ms for 512 x 512 on a 2-core x86 CPU, tens
+    of ms for a 12 MP frame).  It does not average: sensor noise and fine texture reach the thumbnail
+    as they are (aliased), and the entropy, edge density and JPEG size computed on it reflect them."""
+    w, h = rgb.size
+    if max(w, h) <= ANALYSIS_MAX_SIDE:
+        return rgb, rgb
+    f = ANALYSIS_MAX_SIDE / max(w, h)
+    thumb = rgb.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.NEAREST)
+    cw, ch = min(w, SHARPNESS_CROP), min(h, SHARPNESS_CROP)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return thumb, rgb.crop((left, top, left + cw, top + ch))
 
 
 def image_features(image: Image.Image) -> np.ndarray:
@@ -117,48 +146,51 @@ def image_features(image: Image.Image) -> np.ndarray:
       yb = (R+G)/2 - B on 0..255 (Hasler & Suesstrunk, SPIE 2003).
     - noise_sigma: sqrt(pi/2) / (6 (W-2)(H-2)) * sum |grey * N|,
       N = [[1,-2,1],[-2,4,-2],[1,-2,1]] (Immerkaer, CVIU 1996); grey levels.
-    - mean_saturation: mean S of Pillow HSV / 255.
+    - mean_saturation: mean HSV saturation (max - min) / max of R, G, B (0 for black), 0..1.
     - width_px, height_px, log2_pixels: size in pixels and log2(W*H).
 
-    Size features describe the full image; every pixel statistic is computed on a copy whose longer
-    side is at most ANALYSIS_MAX_SIDE px (box filter), so the cost is bounded (about 1 ms) whatever the
-    camera resolution. Raises ValueError for a 0-pixel image.
+    Where each is measured (``analysis_views``), so the cost is bounded (a few tenths of a ms) whatever
+    the camera resolution: blur and noise (log_laplacian_var, noise_sigma) on a central crop at native
+    resolution, because at 1/k scale a blur of radius r shrinks to r/k and the Laplacian and Immerkaer
+    operators then see the image's content, not its sharpness or noise; the other pixel statistics on a thumbnail of at most ANALYSIS_MAX_SIDE px; the size features on the
+    full image.  Raises ValueError for a 0-pixel image.
     """
     rgb = _to_rgb(image)
     full_w, full_h = rgb.size
-    if max(full_w, full_h) > ANALYSIS_MAX_SIDE:
-        f = ANALYSIS_MAX_SIDE / max(full_w, full_h)
-        rgb = rgb.resize((max(1, round(full_w * f)), max(1, round(full_h * f))), Image.Resampling.BOX)
-    w, h = rgb.size
-    n = w * h
-    grey_u8 = np.asarray(rgb.convert("L"))
-    g = grey_u8.astype(np.float32)
+    thumb, crop = analysis_views(rgb)
 
+    lap_var = noise = 0.0
+    grey_u8 = np.asarray(thumb.convert("L"))
+    g = grey_u8.astype(np.float32)
+    c = g if crop is thumb else np.asarray(crop.convert("L"), dtype=np.float32)
+    if min(c.shape) >= 3:
+        lap = c[:-2, 1:-1] + c[2:, 1:-1] + c[1:-1, :-2] + c[1:-1, 2:] - 4.0 * c[1:-1, 1:-1]
+        lap_var = float(lap.var())
+        r = _conv_valid(c, (1, -2, 1), (1, -2, 1))
+        noise = math.sqrt(math.pi / 2) * float(np.abs(r).mean()) / 6.0
+
+    n = thumb.width * thumb.height
     hist = np.bincount(grey_u8.ravel(), minlength=256)
     p = hist[hist > 0] / n
     entropy = float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
-
-    lap_var = edge = noise = 0.0
-    if h >= 3 and w >= 3:
-        lap = (g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
-               - 4.0 * g[1:-1, 1:-1])
-        lap_var = float(lap.var(dtype=np.float64))
+    edge = 0.0
+    if min(g.shape) >= 3:
         gx = _conv_valid(g, (1, 2, 1), (-1, 0, 1))
         gy = _conv_valid(g, (-1, 0, 1), (1, 2, 1))
         edge = float(np.mean(gx * gx + gy * gy > EDGE_THRESHOLD ** 2))
-        r = _conv_valid(g, (1, -2, 1), (1, -2, 1))
-        noise = math.sqrt(math.pi / 2) * float(np.abs(r).sum(dtype=np.float64)) / (6.0 * (w - 2) * (h - 2))
 
     buf = io.BytesIO()
-    rgb.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    thumb.save(buf, format="JPEG", quality=JPEG_QUALITY)
     bpp = buf.tell() * 8.0 / n
 
-    c = np.asarray(rgb, dtype=np.float32)
-    rg = c[..., 0] - c[..., 1]
-    yb = 0.5 * (c[..., 0] + c[..., 1]) - c[..., 2]
-    colorful = (math.hypot(float(rg.std(dtype=np.float64)), float(yb.std(dtype=np.float64)))
-                + 0.3 * math.hypot(float(rg.mean(dtype=np.float64)), float(yb.mean(dtype=np.float64))))
-    sat = float(np.asarray(rgb.convert("HSV"))[..., 1].mean(dtype=np.float64)) / 255.0
+    rgb8 = np.asarray(thumb)
+    r8, g8, b8 = rgb8[..., 0], rgb8[..., 1], rgb8[..., 2]  # channel slices: numpy is slow over a 3-long axis
+    r, gr, b = r8.astype(np.float32), g8.astype(np.float32), b8.astype(np.float32)
+    rg = r - gr
+    yb = 0.5 * (r + gr) - b
+    colorful = math.hypot(float(rg.std()), float(yb.std())) + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
+    mx, mn = np.maximum(np.maximum(r8, g8), b8), np.minimum(np.minimum(r8, g8), b8)
+    sat = float(((mx - mn) / np.maximum(mx, 1).astype(np.float32)).mean())
 
     return np.array([
         math.log1p(lap_var), entropy, edge, bpp,
@@ -230,6 +262,35 @@ def text_features(question: str) -> np.ndarray:
     return np.array([len(t), len(question.strip())] + onehot + cues, dtype=np.float32)
 
 
+def word_buckets(token: str) -> tuple[int, int]:
+    """The two WORD_FEATURES buckets of a token: the two little-endian 32-bit halves of its 8-byte BLAKE2b
+    digest, each mod WORD_BUCKETS (stable across processes and platforms, unlike Python's salted
+    ``hash``)."""
+    d = hashlib.blake2b(token.encode(), digest_size=8).digest()
+    return int.from_bytes(d[:4], "little") % WORD_BUCKETS, int.from_bytes(d[4:], "little") % WORD_BUCKETS
+
+
+def word_features(question: str) -> np.ndarray:
+    """Hashed bag of words, float32 shape (WORD_BUCKETS,), order WORD_FEATURES: every question token
+    (``_tokens``) adds 1 to each of its two ``word_buckets`` (feature hashing: Weinberger et al., "Feature
+    Hashing for Large Scale Multitask Learning", ICML 2009; two hashes per token so that two words rarely
+    share both buckets: Svenstrup et al., "Hash Embeddings for Efficient Word Representations", NeurIPS
+    2017).  The router's first linear layer maps these counts to a sum of per-bucket vectors, i.e. it
+    learns word embeddings end to end (an embedding bag, as fastText: Joulin et al., "Bag of Tricks for
+    Efficient Text Classification", EACL 2017) for the price of hashing a few words on the device."""
+    out = np.zeros(WORD_BUCKETS, dtype=np.float32)
+    for t in _tokens(question):
+        for b in word_buckets(t):
+            out[b] += 1.0
+    return out
+
+
+def question_features(question: str) -> np.ndarray:
+    """Every question feature, float32 shape (len(TEXT_FEATURES) + WORD_BUCKETS,): text_features ++
+    word_features."""
+    return np.concatenate([text_features(question), word_features(question)])
+
+
 def extract(image: Image.Image, question: str) -> np.ndarray:
-    """All features, float32 shape (len(FEATURE_NAMES),): image_features ++ text_features."""
-    return np.concatenate([image_features(image), text_features(question)])
+    """All features, float32 shape (len(FEATURE_NAMES),): image_features ++ question_features."""
+    return np.concatenate([image_features(image), question_features(question)])

@@ -37,6 +37,17 @@ class SplitArrays:
     def __len__(self):
         return len(self.sample_ids)
 
+    def subset(self, idx: np.ndarray) -> "SplitArrays":
+        """The samples at integer positions ``idx``, in that order."""
+        return SplitArrays([self.sample_ids[i] for i in idx], self.x[idx], self.score[idx], self.latency_s[idx],
+                           self.energy_j[idx], self.confidence[idx])
+
+    def holdout(self, fraction: float = 0.2, seed: int = 0) -> tuple["SplitArrays", "SplitArrays"]:
+        """(rest, held-out): a seeded random ``fraction`` of the samples held out (at least one)."""
+        perm = np.random.default_rng(seed).permutation(len(self))
+        cut = max(1, int(len(self) * fraction))
+        return self.subset(perm[cut:]), self.subset(perm[:cut])
+
 
 def split_arrays(table: pd.DataFrame, feats: pd.DataFrame, models: list[str], split: str) -> SplitArrays:
     """Arrays for ``split`` from an outcome table with costs (``outcomes.with_costs``) and the feature

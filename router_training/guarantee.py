@@ -56,6 +56,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 
+# The edge-threshold grid, fixed before seeing data and ordered conservative first: 1, then 1 - 10^-4 ...
+# 1 - 10^0 = 0 evenly in log(1 - t). Dense near 1 because a router's P(correct) for the answers it can
+# trust piles up there (a uniform 0.02 step jumps from "nothing on the edge" to too much at once).
+DEFAULT_GRID = np.r_[1.0, 1.0 - np.logspace(-4, 0, 50)]
+
+
 def per_sample_loss(assign: np.ndarray, score: np.ndarray, cloud: int) -> np.ndarray:
     """l_i = score_i[cloud] - routed score_i, float (n,) in [-1, 1], for an assignment (n, K)."""
     return score[:, cloud] - (assign * score).sum(1)
@@ -212,9 +218,55 @@ def calibrate_router(probs: np.ndarray, score: np.ndarray, tiers: Sequence[str],
                      lambda_energy: float = 0.0, ref_latency_s: float = 1.0, ref_energy_j: float = 1.0,
                      grid: Sequence[float] | None = None, transform: str = "shift") -> LTTResult:
     """LTT on the router's router-val probabilities ``probs`` (n, K) and scores ``score`` (n, K): the
-    single edge threshold of ``router_assign`` over ``grid`` (default 1.0, 0.98, ..., 0.0, i.e.
-    conservative first). Lambdas and reference costs as in the tuned decision."""
-    grid = np.linspace(1.0, 0.0, 51) if grid is None else np.asarray(grid, dtype=np.float64)
+    single edge threshold of ``router_assign`` over ``grid`` (default ``DEFAULT_GRID``, conservative
+    first). Lambdas and reference costs as in the tuned decision."""
+    grid = DEFAULT_GRID if grid is None else np.asarray(grid, dtype=np.float64)
     assign = router_assign(probs, tiers, expected_latency_s, expected_energy_j, lambda_latency, lambda_energy,
                            ref_latency_s, ref_energy_j)
     return calibrate(assign, grid, score, cloud, eps, delta, transform)
+
+
+def resplit_check(losses: np.ndarray, thresholds: Sequence[float], eps: float, delta: float,
+                  transform: str = "shift", resplits: int = 200, cal_fraction: float = 0.5, seed: int = 0,
+                  edge: np.ndarray | None = None) -> dict:
+    """Empirical check of the guarantee: ``resplits`` random splits of a pool of samples (e.g. router-val
+    and router-test together) into a calibration part (``cal_fraction``) and a test part; on each, LTT
+    on the calibration part (``calibrate_losses``) and the mean loss of its threshold on the test part
+    (0 when nothing is certified: all-cloud). ``losses`` float (T, n) per-sample losses in [-1, 1] for
+    ``thresholds`` (conservative first). Returns ``violation_rate`` (share of resplits whose test loss
+    exceeds eps; the guarantee says at most about delta, up to the test part's sampling noise),
+    ``naive_violation_rate`` (the same for the uncalibrated rule "most permissive threshold whose
+    calibration loss <= eps", to show the check can fail), ``certified_rate``, ``mean_test_loss``,
+    ``mean_edge_threshold`` (over certified resplits, NaN if none), ``resplits``, ``n_cal``, ``n_test``;
+    with ``edge`` (T, n) 0/1, whether each sample goes to an edge model at each threshold,
+    ``mean_edge_share``: the test part's edge share under the chosen threshold (0 when none is certified),
+    averaged over resplits: what the guarantee leaves on the edge."""
+    losses = np.asarray(losses, dtype=np.float64)
+    n = losses.shape[1]
+    n_cal = int(round(cal_fraction * n))
+    if not 0 < n_cal < n:
+        raise ValueError(f"cal_fraction {cal_fraction} leaves no calibration or no test samples of {n}")
+    rng = np.random.default_rng(seed)
+    th = np.asarray(thresholds, dtype=np.float64)
+    viol = naive = cert = 0
+    test_losses, chosen, shares = [], [], []
+    for _ in range(resplits):
+        perm = rng.permutation(n)
+        cal, test = perm[:n_cal], perm[n_cal:]
+        res = calibrate_losses(losses[:, cal], th, eps, delta, transform)
+        loss = float(losses[res.index, test].mean()) if res.certified else 0.0
+        test_losses.append(loss)
+        if edge is not None:
+            shares.append(float(edge[res.index, test].mean()) if res.certified else 0.0)
+        viol += loss > eps
+        cert += res.certified
+        if res.certified:
+            chosen.append(res.threshold)
+        ok = np.nonzero(losses[:, cal].mean(1) <= eps)[0]
+        naive += (float(losses[ok.max(), test].mean()) if len(ok) else 0.0) > eps
+    return {"violation_rate": viol / resplits, "naive_violation_rate": naive / resplits,
+            "certified_rate": cert / resplits, "mean_test_loss": float(np.mean(test_losses)),
+            "mean_edge_threshold": float(np.mean(chosen)) if chosen else float("nan"),
+            **({"mean_edge_share": float(np.mean(shares))} if edge is not None else {}),
+            "resplits": resplits, "n_cal": n_cal, "n_test": n - n_cal, "eps": eps, "delta": delta,
+            "transform": transform}

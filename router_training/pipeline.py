@@ -93,9 +93,9 @@ def stage_collect(cfg: Config) -> pd.DataFrame:
 
 
 def stage_features(cfg: Config) -> pd.DataFrame:
-    """Feature table: sample_id + ``features.FEATURE_NAMES`` (float32), cached in data/<run>/features.parquet.
-    Image features are computed once per image."""
-    path = cfg.path("data") / "features.parquet"
+    """Feature table: sample_id + ``features.FEATURE_NAMES`` (float32), cached in
+    data/<run>/features-v<FEATURE_VERSION>.parquet. Image features are computed once per image."""
+    path = cfg.path("data") / f"features-v{features.FEATURE_VERSION}.parquet"
     if path.exists():
         return pd.read_parquet(path)
     ds = data.build_router_dataset(cfg)
@@ -104,7 +104,7 @@ def stage_features(cfg: Config) -> pd.DataFrame:
     for r in tqdm(ds, desc="features", unit="q"):
         if r["image_id"] not in image_feats:
             image_feats[r["image_id"]] = features.image_features(r["image"])
-        rows.append(np.concatenate([image_feats[r["image_id"]], features.text_features(r["question"])]))
+        rows.append(np.concatenate([image_feats[r["image_id"]], features.question_features(r["question"])]))
     df = pd.DataFrame(np.stack(rows), columns=list(features.FEATURE_NAMES))
     df.insert(0, "sample_id", ds["sample_id"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,12 +134,21 @@ def _digest(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def fit_settings(cfg: Config) -> dict:
+    """What the fitted router depends on: dataset, models, profile, router settings, the feature version
+    and whether its best epoch is chosen on router-val or (guarantee mode) on held-out router-train."""
+    return {**settings(cfg, "dataset", "models", "profile", "router"), "feature_version": features.FEATURE_VERSION,
+            "best_epoch_on": "router-train holdout" if cfg.tune.guarantee else "router-val"}
+
+
 def stage_fit(cfg: Config, force: bool = False, loggers: bool = True):
-    """Train the router, or load it when it was trained from the same dataset, models, profile and
-    router settings. Returns (module, spec); spec holds the cost spec, normalisation and those settings."""
+    """Train the router, or load it when it was trained with the same ``fit_settings``. The best epoch
+    is chosen on router-val, or in guarantee mode (``tune.guarantee``) on a seeded fifth of router-train,
+    so that router-val stays exchangeable with new data for the calibration. Returns (module, spec);
+    spec holds the cost spec, normalisation and those settings."""
     out = cfg.path("checkpoints") / "router"
     spec_path = out / "spec.json"
-    wanted = settings(cfg, "dataset", "models", "profile", "router")
+    wanted = fit_settings(cfg)
     if spec_path.exists() and (out / "best.ckpt").exists() and not force:
         spec = json.loads(spec_path.read_text())
         if spec.get("settings") == wanted:
@@ -148,7 +157,10 @@ def stage_fit(cfg: Config, force: bool = False, loggers: bool = True):
     table, splits = load_splits(cfg)
     spec = fit.cost_spec(splits["router-train"], table, cfg)
     spec["settings"] = wanted
-    module, dm = fit.fit(splits["router-train"], splits["router-val"], spec, cfg.router, out, loggers=loggers)
+    train, val = splits["router-train"], splits["router-val"]
+    if cfg.tune.guarantee:
+        train, val = train.holdout(0.2, cfg.router.seed)
+    module, dm = fit.fit(train, val, spec, cfg.router, out, loggers=loggers)
     spec["features"] = {"mean": dm.mean.tolist(), "std": dm.std.tolist()}
     spec_path.write_text(json.dumps(spec, indent=2))
     return module, spec
@@ -171,7 +183,8 @@ def study_name(cfg: Config, spec: dict) -> str:
 
 
 def stage_tune(cfg: Config, force: bool = False) -> dict:
-    """Thresholds and lambdas chosen on router-val; saved to data/<run>/decision.json."""
+    """Thresholds and lambdas chosen on router-val (Optuna, or Learn-then-Test calibration with
+    ``tune.guarantee``); saved to data/<run>/decision.json."""
     module, spec = stage_fit(cfg)
     path = cfg.path("data") / "decision.json"
     name = study_name(cfg, spec)
@@ -189,9 +202,14 @@ def stage_tune(cfg: Config, force: bool = False) -> dict:
             optuna.delete_study(study_name=name, storage=f"sqlite:///{db}")
         except KeyError:
             pass
-    decision = tune.tune(predict(module, spec, val.x), val, spec, cfg.tiers, cloud_index(cfg, splits["router-train"]),
-                         cfg.tune, db, name,
-                         start={"lambda_latency": cfg.router.lambda_latency, "lambda_energy": cfg.router.lambda_energy})
+    cloud = cloud_index(cfg, splits["router-train"])
+    if cfg.tune.guarantee:
+        decision = tune.calibrated(predict(module, spec, val.x), val, spec, cfg.tiers, cloud, cfg.tune.guarantee,
+                                   cfg.router.lambda_latency, cfg.router.lambda_energy)
+    else:
+        decision = tune.tune(predict(module, spec, val.x), val, spec, cfg.tiers, cloud, cfg.tune, db, name,
+                             start={"lambda_latency": cfg.router.lambda_latency,
+                                    "lambda_energy": cfg.router.lambda_energy})
     decision["study"] = name
     path.write_text(json.dumps(decision, indent=2))
     return decision
@@ -209,7 +227,8 @@ def stage_export(cfg: Config, chosen: dict | None = None) -> dict:
         module, spec = stage_fit(cfg)
         decision = stage_tune(cfg)
         extra = {"tuning": {"study": decision["study"], "trial": decision["trial"],
-                            "target": settings(cfg, "tune")["tune"]}}
+                            "target": settings(cfg, "tune")["tune"],
+                            **({"guarantee": decision["guarantee"]} if "guarantee" in decision else {})}}
     else:
         module, spec, decision, extra = chosen["module"], chosen["spec"], chosen["decision"], chosen["extra"]
     _, splits = load_splits(cfg)
@@ -235,7 +254,7 @@ def stage_report(cfg: Config, bootstrap: int = 1000, baselines: bool = True) -> 
     info = data.build_router_dataset(cfg).select_columns(["sample_id", "degradation", "severity"]).to_pandas()
     return evaluate.evaluate(cfg, table, stage_features(cfg), splits, cloud_index(cfg, splits["router-train"]),
                              info, cfg.path("runs"), bootstrap,
-                             settings(cfg, "dataset", "models", "profile", "router") if baselines else None)
+                             fit_settings(cfg) if baselines else None)
 
 
 def run(cfg: Config) -> str:

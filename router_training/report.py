@@ -70,6 +70,30 @@ def calibration_markdown(calib: dict) -> str:
     return "\n".join(lines)
 
 
+def guarantee_markdown(check: dict, deployed: dict | None) -> str:
+    """``evaluate.guarantee_check`` (and, in guarantee mode, the manifest's calibration record) as text."""
+    ok = "holds" if check["violation_rate"] <= check["delta"] else "FAILS"
+    lines = []
+    if deployed:
+        status = (f"certified on {deployed['n']} router-val questions (router-val loss "
+                  f"{100 * deployed['val_loss']:.2f} points, p = {deployed['p_value']:.3g})"
+                  if deployed["certified"] else "nothing certified: every query goes to the cloud")
+        lines += [f"Deployed thresholds: Learn-then-Test at eps = {deployed['eps']:g}, delta = {deployed['delta']:g} "
+                  f"({deployed['transform']}), {status}.", ""]
+    lines += [f"Check on {check['resplits']} random resplits of {check['pool']} ({check['n_cal']} questions to "
+              f"calibrate, {check['n_test']} to test), eps = {check['eps']:g} (accuracy points lost vs all-cloud "
+              f"/ 100), delta = {check['delta']:g}, {check['transform']} losses; assumes exchangeable samples.",
+              "",
+              "| rule | violation rate (test loss > eps) | certified share | mean test loss (points) | "
+              "mean edge threshold | mean edge share |",
+              "|---|---:|---:|---:|---:|---:|",
+              f"| Learn then Test | {check['violation_rate']:.3f} ({ok}: <= delta) | {check['certified_rate']:.3f} | "
+              f"{100 * check['mean_test_loss']:.2f} | {check['mean_edge_threshold']:.4f} | "
+              f"{check.get('mean_edge_share', float('nan')):.3f} |",
+              f"| naive (calibration loss <= eps) | {check['naive_violation_rate']:.3f} | | | | |"]
+    return "\n".join(lines)
+
+
 def bandwidth_markdown(rows: list[dict]) -> str:
     """``evaluate.bandwidth_table`` rows as a Markdown table (latency in ms, energy in J)."""
     lines = ["| uplink (Mbit/s) | router acc | edge share | router latency (ms) | all-cloud latency (ms) | "

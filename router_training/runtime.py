@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import features, images
+from . import features
 from .profile import DeploymentProfile
 
 MANIFEST = "manifest.json"
@@ -72,12 +72,14 @@ class Router:
         self.mean = np.asarray(manifest["features"]["mean"], dtype=np.float32)
         self.std = np.asarray(manifest["features"]["std"], dtype=np.float32)
         self.profile = DeploymentProfile.from_dict(manifest["profile"])
+        self._costs = expected_costs(manifest, self.profile)  # at the profile's own network figures
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":
         """Load ``path/manifest.json`` and ``path/router.onnx``. Raises FileNotFoundError when either is
         missing, ValueError when the ONNX file's sha256 differs from the manifest's or the manifest's
-        feature names differ from this runtime's ``features.FEATURE_NAMES``."""
+        feature version or names differ from this runtime's ``features.FEATURE_VERSION`` /
+        ``FEATURE_NAMES``."""
         import onnxruntime as ort
 
         path = Path(path)
@@ -89,7 +91,8 @@ class Router:
         digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
         if digest != manifest["onnx_sha256"]:
             raise ValueError(f"{onnx_path}: sha256 {digest} does not match the manifest; re-export the router")
-        if list(manifest["features"]["names"]) != list(features.FEATURE_NAMES):
+        if (manifest["features"].get("version") != features.FEATURE_VERSION
+                or list(manifest["features"]["names"]) != list(features.FEATURE_NAMES)):
             raise ValueError("the artifact was trained on other features than this runtime computes; "
                              "re-export it with this version of router-training")
         opts = ort.SessionOptions()
@@ -105,15 +108,16 @@ class Router:
         """Model indices (n,) for predicted probabilities (n, K); the current uplink (Mbit/s) and
         round trip (s), when given, replace the profile's."""
         d = self.manifest["decision"]
-        lat, en = expected_costs(self.manifest, self.profile.with_network(uplink_mbps, rtt_s))
+        lat, en = (self._costs if uplink_mbps is None and rtt_s is None
+                   else expected_costs(self.manifest, self.profile.with_network(uplink_mbps, rtt_s)))
         return decide(probs, lat, en, np.asarray(d["thresholds"]), d["lambda_latency"], d["lambda_energy"],
                       d["ref_latency_s"], d["ref_energy_j"])
 
     def route(self, image: Image.Image, question: str, uplink_mbps: float | None = None,
               rtt_s: float | None = None) -> Decision:
         """Decide where one query runs. ``image`` any PIL image (EXIF orientation applied first);
-        ``question`` a string. Returns a Decision."""
-        image = images.prepare(image)
+        ``question`` a string. Returns a Decision. (``features.extract`` applies the EXIF orientation and
+        converts the mode itself, without copying an RGB image that needs neither.)"""
         probs = self.predict(features.extract(image, question)[None])
         k = int(self.decide(probs, uplink_mbps, rtt_s)[0])
         return Decision(self.models[k], self.tiers[k], dict(zip(self.models, probs[0].tolist())))

@@ -52,7 +52,7 @@ from optuna.trial import TrialState
 
 from . import fit, pipeline, tune
 from .config import FEATURE_GROUPS, Config, RouterConfig, SearchConfig
-from .features import FEATURE_NAMES, IMAGE_FEATURES, TEXT_FEATURES
+from .features import FEATURE_NAMES, IMAGE_FEATURES, TEXT_FEATURES, WORD_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ DIRECTIONS = {"single": ["maximize"], "multi": ["maximize", "minimize", "minimiz
 METRIC_KEYS = ("accuracy", "pct_cloud_accuracy", "edge_share", "mean_latency_s", "mean_energy_j",
                "latency_reduction", "energy_reduction")
 ALL_CLOUD_THRESHOLD = 1.01  # above any probability: no edge model is eligible
-_GROUP_COLUMNS = {"image": IMAGE_FEATURES, "text": TEXT_FEATURES}
+ALL_GROUPS = "+".join(FEATURE_GROUPS)
+_GROUP_COLUMNS = {"image": IMAGE_FEATURES, "text": TEXT_FEATURES, "words": WORD_FEATURES}
 
 
 class SearchError(ValueError):
@@ -119,8 +120,8 @@ def router_config(base: RouterConfig, params: dict) -> RouterConfig:
 
 def feature_mask(groups: str | None) -> np.ndarray:
     """bool (F,) over ``FEATURE_NAMES``: True for the columns of the groups named in ``groups``
-    ("image+text", "image", "text"; None = all)."""
-    keep = set((groups or "+".join(FEATURE_GROUPS)).split("+"))
+    (e.g. "image+text+words", "image"; None = all)."""
+    keep = set((groups or ALL_GROUPS).split("+"))
     cols = {c for g in keep for c in _GROUP_COLUMNS[g]}
     return np.array([name in cols for name in FEATURE_NAMES])
 
@@ -400,7 +401,7 @@ class Objective:
         probs = fit.predict(module, dm, masked(self.val, mask).x)
         decision, m = self.decide(probs, rc, params)
         spec = {**self.spec, "features": {"mean": dm.mean.tolist(), "std": dm.std.tolist()},
-                "router": dict(rc.__dict__), "feature_groups": params.get("feature_groups", "image+text")}
+                "router": dict(rc.__dict__), "feature_groups": params.get("feature_groups", ALL_GROUPS)}
         (out / "spec.json").write_text(json.dumps(spec, indent=2))
         trial.set_user_attr("decision", decision)
         for k in METRIC_KEYS:
@@ -569,7 +570,7 @@ def chosen_router(cfg: Config, objective: Objective, trial: optuna.trial.FrozenT
                  "it with its parameters", trial.number, d)
         module, dm, rc, _ = objective.train_router(trial.params, d, loggers=False)
         spec = {**objective.spec, "features": {"mean": dm.mean.tolist(), "std": dm.std.tolist()},
-                "router": dict(rc.__dict__), "feature_groups": trial.params.get("feature_groups", "image+text")}
+                "router": dict(rc.__dict__), "feature_groups": trial.params.get("feature_groups", ALL_GROUPS)}
     record = {"study": objective.study_name, "trial": trial.number, "params": dict(trial.params),
               "mode": cfg.search.mode, "storage": safe_url(storage_url),
               "values": dict(zip(OBJECTIVES[cfg.search.mode], trial.values)),

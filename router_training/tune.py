@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 
 from . import policies
-from .config import TuneConfig
+from .config import GuaranteeConfig, TuneConfig
 from .fit import SplitArrays
 from .profile import DeploymentProfile
 from .runtime import expected_costs
@@ -83,3 +83,29 @@ def tune(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str], clou
     best = min(feasible, key=lambda t: t.value)
     decision = decision_params(best.params, tiers)
     return {**decision, "trial": best.number, "val_metrics": evaluate(decision, probs, val, spec, tiers, cloud)}
+
+
+def calibrated(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str], cloud: int, gc: GuaranteeConfig,
+               lambda_latency: float, lambda_energy: float) -> dict:
+    """Guarantee mode: the edge threshold by Learn then Test on router-val (``guarantee.calibrate_router``,
+    grid 1.0, 0.98, ..., 0.0), the lambdas given (the router section's: chosen without router-val, as the
+    guarantee requires). Returns the decision dict plus ``trial`` None, ``val_metrics`` and ``guarantee``
+    (eps, delta, transform, certified, the threshold's router-val loss and p-value, n). When nothing is
+    certified every query goes to the cloud (thresholds above 1), which meets any eps."""
+    from . import guarantee
+
+    lat, en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
+    res = guarantee.calibrate_router(probs, val.score, tiers, cloud, gc.eps, gc.delta, lat, en, lambda_latency,
+                                     lambda_energy, spec["ref_latency_s"], spec["ref_energy_j"],
+                                     transform=gc.transform)
+    t = res.threshold if res.certified else 1.01
+    decision = {"thresholds": [t if tier == "edge" else 0.0 for tier in tiers], "lambda_latency": lambda_latency,
+                "lambda_energy": lambda_energy}
+    info = {"eps": gc.eps, "delta": gc.delta, "transform": gc.transform, "certified": res.certified, "n": res.n,
+            "val_loss": float(res.val_loss[res.index]) if res.certified else 0.0,
+            "p_value": float(res.p_values[res.index]) if res.certified else None}
+    if not res.certified:
+        log.warning("no edge threshold certified at eps %.3f, delta %.2f on %d router-val samples: routing "
+                    "everything to the cloud", gc.eps, gc.delta, res.n)
+    return {**decision, "trial": None, "val_metrics": evaluate(decision, probs, val, spec, tiers, cloud),
+            "guarantee": info}

@@ -69,6 +69,12 @@ def test_tampered_artifact_is_rejected(tiny_run, tmp_path):
     (tmp_path / "router.onnx").write_bytes((tmp_path / "router.onnx").read_bytes() + b"\0")
     with pytest.raises(ValueError, match="sha256"):
         Router.load(tmp_path)
+    (tmp_path / "router.onnx").write_bytes((cfg.path("export") / "router.onnx").read_bytes())
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["features"]["version"] -= 1  # same names, older feature definitions
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="other features"):
+        Router.load(tmp_path)
 
 
 def test_route_cli_runs_without_torch(tiny_run):
@@ -109,3 +115,51 @@ def test_data_split_records_degradations(tiny_run):
     assert (df.loc[df["degradation"] == "clean", "severity"] == 0).all()
     assert df.loc[df["degradation"] != "clean", "severity"].between(0.45, 1.0).all()
     assert pd.Series(df["sample_id"]).is_unique
+
+
+def test_router_sweep_spans_all_edge_to_all_cloud(tiny_run):
+    from router_training import evaluate
+
+    cfg, _ = tiny_run
+    router = Router.load(cfg.path("export"))
+    splits = pipeline.load_splits(cfg)[1]
+    test = splits["router-test"]
+    points, assigns = evaluate.router_sweep(router, splits["router-train"], test, cfg.tiers, 1, cfg.model_names)
+    knobs = np.array([p["threshold"] for p in points])
+    cloud_share = np.array([p["cloud_share"] for p in points])
+    assert np.all(np.diff(knobs) > 0) and cloud_share[0] == 0.0 and cloud_share[-1] == 1.0
+    assert np.all(np.diff(cloud_share) >= 0)  # a higher knob only moves queries to the cloud
+    # at knob k a query is on the edge exactly when its predicted gap p_edge - p_cloud >= k
+    p = router.predict(test.x)
+    mid = len(points) // 2
+    np.testing.assert_array_equal(assigns[mid][:, 0] == 1, p[:, 0] - p[:, 1] >= knobs[mid])
+
+
+def test_guarantee_mode_calibrates_on_untouched_router_val(tiny_run, tmp_path):
+    """tune.guarantee: the router's best epoch comes from held-out router-train, the threshold from
+    Learn then Test on router-val; the report checks the guarantee on 200 resplits of router-val +
+    router-test of these real (tiny-model) easy-VQA outcomes."""
+    import dataclasses
+    import shutil
+
+    from router_training.config import TuneConfig
+
+    cfg, _ = tiny_run
+    for kind in ("data", "checkpoints"):  # outcomes, features and reference models; the router is refitted
+        shutil.copytree(cfg.path(kind), tmp_path / kind / cfg.name, ignore=shutil.ignore_patterns("router"))
+    (tmp_path / "data" / cfg.name / "decision.json").unlink()
+    gcfg = dataclasses.replace(cfg, workdir=tmp_path, tune=TuneConfig(guarantee={"eps": 0.1, "delta": 0.2}))
+    pipeline.run(gcfg)
+    spec = json.loads((gcfg.path("checkpoints") / "router" / "spec.json").read_text())
+    assert spec["settings"]["best_epoch_on"] == "router-train holdout"
+    decision = json.loads((gcfg.path("data") / "decision.json").read_text())
+    g = decision["guarantee"]
+    assert g["eps"] == 0.1 and g["delta"] == 0.2 and g["n"] == len(pipeline.load_splits(gcfg)[1]["router-val"])
+    t = decision["thresholds"]
+    assert t[-1] == 0.0 and (0.0 <= t[0] <= 1.0 if g["certified"] else t[0] > 1.0)
+    assert Router.load(gcfg.path("export")).manifest["tuning"]["guarantee"] == g
+    rep = json.loads((gcfg.path("runs") / "report.json").read_text())
+    check = rep["guarantee_check"]
+    assert check["pool"] == "router-val + router-test" and check["resplits"] == 200
+    assert check["violation_rate"] <= 0.2
+    assert "Accuracy-loss guarantee" in (gcfg.path("runs") / "report.md").read_text()

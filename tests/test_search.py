@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 from router_training import config, fit, search
 from router_training.config import RouterConfig, SearchConfig
-from router_training.features import FEATURE_NAMES, IMAGE_FEATURES
+from router_training.features import FEATURE_NAMES, IMAGE_FEATURES, TEXT_FEATURES, WORD_FEATURES
 from router_training.runtime import Router
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,10 +206,12 @@ def test_router_config_and_feature_masks():
     assert search.router_config(base, {"depth": 1}).hidden == [64]
     assert search.router_config(base, {"depth": 0}).hidden == []
     text = search.feature_mask("text")
-    assert text.sum() == len(FEATURE_NAMES) - len(IMAGE_FEATURES)
-    assert not text[[FEATURE_NAMES.index(n) for n in IMAGE_FEATURES]].any()
-    assert search.feature_mask("image+text").all() and search.feature_mask(None).all()
-    assert (search.feature_mask("image") ^ text).all()
+    assert text.sum() == len(TEXT_FEATURES) and text[[FEATURE_NAMES.index(n) for n in TEXT_FEATURES]].all()
+    words = search.feature_mask("words")
+    assert words.sum() == len(WORD_FEATURES) and not (words & text).any()
+    assert search.feature_mask("image+text+words").all() and search.feature_mask(None).all()
+    assert (search.feature_mask("image") ^ search.feature_mask("text+words")).all()
+    assert search.feature_mask("image+text").sum() == len(IMAGE_FEATURES) + len(TEXT_FEATURES)
 
 
 # ---------------------------------------------------------------------------------------------------
