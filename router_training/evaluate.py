@@ -146,7 +146,7 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
                 main, "", report.interval_lines(intervals["router"]), ""]
     if routing:
         sections += ["## Routing curves (sweeps from all-edge to all-cloud)", "", report.routing_markdown(routing, intervals), "",
-                     "![pareto](pareto.png)", ""]
+                     report.comparison_lines(routing), "", "![pareto](pareto.png)", ""]
     if check is not None:
         sections += ["## Accuracy-loss guarantee (Learn then Test)", "",
                      report.guarantee_markdown(check, router.manifest.get("tuning", {}).get("guarantee")), ""]

@@ -61,6 +61,37 @@ def routing_markdown(routing: dict, intervals: dict) -> str:
     return "\n".join(lines)
 
 
+PRE_DECISION_EXCLUDED = ("router", "random", "oracle", "oracle_curve", "cascade", "combined")
+
+
+def comparison_lines(routing: dict) -> str:
+    """Plain-language verdicts from the routing table (``evaluate``): the router against the best
+    baseline that decides before any model runs (APGR), against the edge-confidence cascade (APGR on the
+    cloud-share and latency axes), and whether router + cascade ("combined") beats both on both."""
+    if "router" not in routing:
+        return ""
+    r = routing["router"]
+    lines = []
+    pre = {k: v for k, v in routing.items() if k not in PRE_DECISION_EXCLUDED}
+    if pre:
+        best = max(pre, key=lambda k: pre[k]["apgr"])
+        verdict = "above" if r["apgr"] > pre[best]["apgr"] else "NOT above"
+        lines.append(f"- Router APGR {r['apgr']:.3f}: {verdict} every baseline that decides before running a model "
+                     f"(best: {best} {pre[best]['apgr']:.3f}).")
+    for name in ("cascade", "combined"):
+        if name not in routing:
+            continue
+        c = routing[name]
+        lines.append(f"- {name}: APGR {c['apgr']:.3f} (router {r['apgr']:.3f}), latency-axis APGR "
+                     f"{c['apgr_latency']:.3f} (router {r['apgr_latency']:.3f}).")
+    if "combined" in routing and "cascade" in routing:
+        c, k = routing["combined"], routing["cascade"]
+        dom = all(c[a] > max(r[a], k[a]) for a in ("apgr", "apgr_latency"))
+        lines.append(f"- Router + cascade (combined) {'dominates' if dom else 'does not dominate'} both the router "
+                     "and the cascade on APGR and latency-axis APGR.")
+    return "\n".join(lines)
+
+
 def calibration_markdown(calib: dict) -> str:
     """``metrics.calibration_table`` output as a Markdown table."""
     lines = ["| model | temperature (router-val) | ECE before | ECE after | NLL before | NLL after |",

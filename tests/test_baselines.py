@@ -305,3 +305,19 @@ def test_every_baseline_runs_on_real_outcomes(tiny_run):
         for p in r["points"]:
             assert np.isfinite([p[k] for k in ("accuracy", "mean_latency_s", "mean_energy_j", "cloud_share")]).all()
             assert 0.0 <= p["cloud_share"] <= 1.0 + 1e-9
+
+
+def test_report_verdicts_from_the_routing_table():
+    from router_training.report import comparison_lines
+
+    row = lambda a, lat: {"apgr": a, "apgr_latency": lat}  # noqa: E731
+    routing = {"router": row(0.86, 0.87), "random": row(0.5, 0.5), "oracle": row(0.95, 0.96),
+               "hybrid_det": row(0.85, 0.85), "knn": row(0.6, 0.6), "cascade": row(0.84, 0.88),
+               "combined": row(0.88, 0.89)}
+    text = comparison_lines(routing)
+    assert "0.860: above every baseline" in text and "best: hybrid_det 0.850" in text  # oracle/cascade excluded
+    assert "combined) dominates both" in text
+    routing["hybrid_det"] = row(0.87, 0.85)
+    routing["combined"] = row(0.88, 0.875)  # below the cascade on the latency axis
+    text = comparison_lines(routing)
+    assert "NOT above" in text and "does not dominate" in text
