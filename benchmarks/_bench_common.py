@@ -117,17 +117,18 @@ def time_calls(fn, reps: int, warmup: int = 1) -> list[float]:
     return out
 
 
-def interleaved(fns: dict, reps: dict, rounds: int, warmup: int = 2) -> dict:
+def interleaved(fns: dict, reps: dict, rounds: int, warmup: int = 2, pause_s: float = 0.05) -> dict:
     """Wall seconds per call of each ``fns[name]()``, timed in ``rounds`` alternating blocks of
-    ``reps[name]`` calls (after ``warmup`` untimed calls each), so that a slow spell of a shared machine
-    falls on every function alike and the ratio of their medians stays fair. name -> list of seconds."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+    ``reps[name]`` calls, so that a slow spell of a shared machine falls on every function alike and the
+    ratio of their medians stays fair. Each block starts with ``warmup`` untimed calls after a pause of
+    ``pause_s``: the previous block's torch/OpenMP threads keep spinning for a moment after their work
+    and its data evicts the next function's from the caches, which would bill one function for
+    another's. name -> list of seconds."""
     out = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            out[name] += time_calls(fn, reps[name], 0)
+            time.sleep(pause_s)
+            out[name] += time_calls(fn, reps[name], warmup)
     return out
 
 

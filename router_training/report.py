@@ -131,6 +131,13 @@ def bandwidth_markdown(rows: list[dict]) -> str:
              "router energy (J) | all-cloud energy (J) |", "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['uplink_mbps']:g} | {r['accuracy']:.4f} | {r['edge_share']:.3f} | {1e3 * r['mean_latency_s']:.2f} | "
               f"{1e3 * r['cloud_latency_s']:.2f} | {r['mean_energy_j']:.4f} | {r['cloud_energy_j']:.4f} |" for r in rows]
+    shares = [r["edge_share"] for r in rows]
+    if rows and max(shares) - min(shares) < 1e-9:
+        lines += ["", "The edge share does not move here: between these bandwidths the cloud's predicted cost changes "
+                  "too little to outweigh any query's predicted accuracy gap, so the tuned thresholds (which edge "
+                  "models are eligible) decide alone, and only the latency and energy of cloud-routed queries change. "
+                  "Decisions move with the network where the lambda terms, not the thresholds, separate edge from "
+                  "cloud (lower thresholds, or payloads large enough that the uplink dominates the cloud's latency)."]
     return "\n".join(lines)
 
 
