@@ -218,6 +218,10 @@ class GuaranteeConfig:
     resplits: int = 200
 
     def __post_init__(self):
+        for key in ("eps", "delta"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"tune.guarantee.{key} must be a number, got {v!r}")
         if not 0 <= self.eps < 1 or not 0 < self.delta < 1:
             raise ValueError(f"tune.guarantee needs 0 <= eps < 1 and 0 < delta < 1, got eps {self.eps}, "
                              f"delta {self.delta}")
@@ -249,6 +253,9 @@ class TuneConfig:
             raise ValueError(f"tune.minimize must be 'latency' or 'energy', got {self.minimize!r}")
         if isinstance(self.guarantee, dict):
             self.guarantee = _build(GuaranteeConfig, self.guarantee, "tune.guarantee")
+        elif self.guarantee is not None and not isinstance(self.guarantee, GuaranteeConfig):
+            raise ValueError(f"tune.guarantee must be a mapping such as {{eps: 0.01, delta: 0.1}}, got "
+                             f"{self.guarantee!r}")
 
 
 @dataclass

@@ -43,14 +43,19 @@ def guarantee_check(cfg: Config, router: Router, splits: dict[str, SplitArrays],
     """The Learn-then-Test check on this run's real outcomes (``guarantee.resplit_check``), with
     ``tune.guarantee``'s eps / delta / transform / resplits (GuaranteeConfig defaults when unset) and
     the exported router's probabilities and lambdas. The pool is data the router never trained on:
-    router-val + router-test in guarantee mode (each calibration part is then as large as router-val, the
-    set the deployed threshold was calibrated on), router-test alone otherwise (router-val chose the
-    best epoch and the tuned thresholds). Returns the check's dict plus ``pool``."""
+    router-val + router-test when the exported router was calibrated in guarantee mode (its manifest
+    records it; each calibration part is then as large as router-val, the set its threshold was
+    calibrated on), router-test alone otherwise (router-val chose the best epoch and the tuned or searched
+    thresholds). Returns the check's dict plus ``pool``."""
     from . import guarantee
     from .config import GuaranteeConfig
 
+    rec = router.manifest.get("tuning", {}).get("guarantee")
     gc = cfg.tune.guarantee or GuaranteeConfig()
-    names = ("router-val", "router-test") if cfg.tune.guarantee else ("router-test",)
+    if rec:  # check the guarantee the artifact was calibrated for
+        gc = GuaranteeConfig(eps=rec["eps"], delta=rec["delta"], transform=rec["transform"], resplits=gc.resplits)
+    calibrated = rec is not None
+    names = ("router-val", "router-test") if calibrated else ("router-test",)
     x = np.concatenate([splits[s].x for s in names])
     score = np.concatenate([splits[s].score for s in names])
     d = router.manifest["decision"]
@@ -142,11 +147,13 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
                                             cfg.dataset.severity) if info["degradation"].nunique() > 1 else None
     main = report.markdown(report.to_frame(rows))
     sections = [f"# Router report: {cfg.name} (router-test, {len(test)} questions)", "",
-                "Thresholds and temperatures were chosen on router-val; every figure below is on router-test.", "",
+                f"Router: {report.router_origin(router.manifest)}. Thresholds and temperatures were chosen on "
+                "router-val; every figure below is on router-test.", "",
                 main, "", report.interval_lines(intervals["router"]), ""]
     if routing:
         sections += ["## Routing curves (sweeps from all-edge to all-cloud)", "", report.routing_markdown(routing, intervals), "",
-                     report.comparison_lines(routing), "", "![pareto](pareto.png)", ""]
+                     report.ORACLE_NOTE, "", report.comparison_lines(routing, intervals.get("router_routing")), "",
+                     "![pareto](pareto.png)", ""]
     if check is not None:
         sections += ["## Accuracy-loss guarantee (Learn then Test)", "",
                      report.guarantee_markdown(check, router.manifest.get("tuning", {}).get("guarantee")), ""]

@@ -226,8 +226,10 @@ def stage_export(cfg: Config, chosen: dict | None = None) -> dict:
     if chosen is None:
         module, spec = stage_fit(cfg)
         decision = stage_tune(cfg)
-        extra = {"tuning": {"study": decision["study"], "trial": decision["trial"],
-                            "target": settings(cfg, "tune")["tune"],
+        target = settings(cfg, "tune")["tune"]
+        if "guarantee" in decision:  # the Optuna target is not used then
+            target = {"guarantee": target["guarantee"]}
+        extra = {"tuning": {"study": decision["study"], "trial": decision["trial"], "target": target,
                             **({"guarantee": decision["guarantee"]} if "guarantee" in decision else {})}}
     else:
         module, spec, decision, extra = chosen["module"], chosen["spec"], chosen["decision"], chosen["extra"]
@@ -247,8 +249,12 @@ def stage_report(cfg: Config, bootstrap: int = 1000, baselines: bool = True) -> 
     from . import evaluate
 
     manifest = Router.load(cfg.path("export")).manifest
-    if "search" not in manifest and manifest.get("tuning", {}).get("study") != stage_tune(cfg).get("study"):
-        log.info("the exported router predates the current config: re-exporting")  # a searched one is kept
+    if "search" in manifest:  # kept: `search` chose it; the report names it
+        log.warning("evaluating the router exported by `router-train search` (study %s, trial %s); "
+                    "`router-train export` re-exports the configured one", manifest["search"]["study"],
+                    manifest["search"]["trial"])
+    elif manifest.get("tuning", {}).get("study") != stage_tune(cfg).get("study"):
+        log.info("the exported router predates the current config: re-exporting")
         stage_export(cfg)
     table, splits = load_splits(cfg)
     info = data.build_router_dataset(cfg).select_columns(["sample_id", "degradation", "severity"]).to_pandas()

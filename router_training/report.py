@@ -62,12 +62,29 @@ def routing_markdown(routing: dict, intervals: dict) -> str:
 
 
 PRE_DECISION_EXCLUDED = ("router", "random", "oracle", "oracle_curve", "cascade", "combined")
+ORACLE_NOTE = ("oracle: the cheapest correct model per query, one point (its APGR can exceed 1: it beats "
+               "all-cloud); oracle_curve: hindsight edge/cloud routing at every cloud share (queries sent to the "
+               "cloud in order of what the cloud gains), the best curve any router between these two models "
+               "can reach.")
 
 
-def comparison_lines(routing: dict) -> str:
+def router_origin(manifest: dict) -> str:
+    """Where an exported router's thresholds came from, for the report's first line."""
+    if "search" in manifest:
+        s = manifest["search"]
+        return f"`router-train search` study {s['study']}, trial {s['trial']} (kept until `router-train export`)"
+    g = manifest.get("tuning", {}).get("guarantee")
+    if g:
+        return f"thresholds calibrated by Learn then Test (eps {g['eps']:g}, delta {g['delta']:g})"
+    return "thresholds and lambdas tuned by Optuna against the config's `tune` target"
+
+
+def comparison_lines(routing: dict, router_interval: dict | None = None) -> str:
     """Plain-language verdicts from the routing table (``evaluate``): the router against the best
-    baseline that decides before any model runs (APGR), against the edge-confidence cascade (APGR on the
-    cloud-share and latency axes), and whether router + cascade ("combined") beats both on both."""
+    baseline that decides before any model runs (APGR; with ``router_interval``, the router's bootstrap
+    intervals ``{key: (point, lo, hi)}``, whether that baseline lies inside the router's 95% interval),
+    against the edge-confidence cascade (APGR on the cloud-share and latency axes), and whether router +
+    cascade ("combined") beats both on both."""
     if "router" not in routing:
         return ""
     r = routing["router"]
@@ -76,8 +93,13 @@ def comparison_lines(routing: dict) -> str:
     if pre:
         best = max(pre, key=lambda k: pre[k]["apgr"])
         verdict = "above" if r["apgr"] > pre[best]["apgr"] else "NOT above"
+        inside = ""
+        if router_interval and "apgr" in router_interval:
+            _, lo, hi = router_interval["apgr"]
+            where = "inside" if lo <= pre[best]["apgr"] <= hi else "outside"
+            inside = f"; {where} the router's 95% interval [{lo:.3f}, {hi:.3f}]"
         lines.append(f"- Router APGR {r['apgr']:.3f}: {verdict} every baseline that decides before running a model "
-                     f"(best: {best} {pre[best]['apgr']:.3f}).")
+                     f"(best: {best} {pre[best]['apgr']:.3f}{inside}).")
     for name in ("cascade", "combined"):
         if name not in routing:
             continue
@@ -112,8 +134,9 @@ def guarantee_markdown(check: dict, deployed: dict | None) -> str:
         lines += [f"Deployed thresholds: Learn-then-Test at eps = {deployed['eps']:g}, delta = {deployed['delta']:g} "
                   f"({deployed['transform']}), {status}.", ""]
     lines += [f"Check on {check['resplits']} random resplits of {check['pool']} ({check['n_cal']} questions to "
-              f"calibrate, {check['n_test']} to test), eps = {check['eps']:g} (accuracy points lost vs all-cloud "
-              f"/ 100), delta = {check['delta']:g}, {check['transform']} losses; assumes exchangeable samples.",
+              f"calibrate, {check['n_test']} to test): tolerated loss eps = {check['eps']:g} (VQA accuracy lost "
+              f"against all-cloud, i.e. {100 * check['eps']:g} points), delta = {check['delta']:g}, "
+              f"{check['transform']} losses; assumes exchangeable samples.",
               "",
               "| rule | violation rate (test loss > eps) | certified share | mean test loss (points) | "
               "mean edge threshold | mean edge share |",
@@ -121,7 +144,7 @@ def guarantee_markdown(check: dict, deployed: dict | None) -> str:
               f"| Learn then Test | {check['violation_rate']:.3f} ({ok}: <= delta) | {check['certified_rate']:.3f} | "
               f"{100 * check['mean_test_loss']:.2f} | {check['mean_edge_threshold']:.4f} | "
               f"{check.get('mean_edge_share', float('nan')):.3f} |",
-              f"| naive (calibration loss <= eps) | {check['naive_violation_rate']:.3f} | | | | |"]
+              f"| naive (calibration loss <= eps) | {check['naive_violation_rate']:.3f} | - | - | - | - |"]
     return "\n".join(lines)
 
 

@@ -93,8 +93,9 @@ class Router:
             raise ValueError(f"{onnx_path}: sha256 {digest} does not match the manifest; re-export the router")
         if (manifest["features"].get("version") != features.FEATURE_VERSION
                 or list(manifest["features"]["names"]) != list(features.FEATURE_NAMES)):
-            raise ValueError("the artifact was trained on other features than this runtime computes; "
-                             "re-export it with this version of router-training")
+            raise ValueError(f"the artifact was trained on other features (version "
+                             f"{manifest['features'].get('version')}) than this runtime computes (version "
+                             f"{features.FEATURE_VERSION}); re-export it with this version of router-training")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         return cls(manifest, ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"]))
@@ -113,11 +114,18 @@ class Router:
         return decide(probs, lat, en, np.asarray(d["thresholds"]), d["lambda_latency"], d["lambda_energy"],
                       d["ref_latency_s"], d["ref_energy_j"])
 
-    def route(self, image: Image.Image, question: str, uplink_mbps: float | None = None,
+    def route(self, image: Image.Image | str | Path, question: str, uplink_mbps: float | None = None,
               rtt_s: float | None = None) -> Decision:
-        """Decide where one query runs. ``image`` any PIL image (EXIF orientation applied first);
-        ``question`` a string. Returns a Decision. (``features.extract`` applies the EXIF orientation and
-        converts the mode itself, without copying an RGB image that needs neither.)"""
+        """Decide where one query runs. ``image`` any PIL image or an image file's path (EXIF orientation
+        applied first); ``question`` a string. Returns a Decision. (``features.extract`` applies the EXIF
+        orientation and converts the mode itself, without copying an RGB image that needs neither.)
+
+        The cloud models' network cost is that of the mean payload measured at collection
+        (``manifest["models"][k]["mean_payload_bytes"]``), not this image's size."""
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as im:
+                im.load()
+                image = im
         probs = self.predict(features.extract(image, question)[None])
         k = int(self.decide(probs, uplink_mbps, rtt_s)[0])
         return Decision(self.models[k], self.tiers[k], dict(zip(self.models, probs[0].tolist())))

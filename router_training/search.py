@@ -608,6 +608,10 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
     (None: a random seed, so identical workers explore differently). Only router-train and router-val
     are loaded for the trials. Returns a summary dict."""
     sc = cfg.search
+    if cfg.tune.guarantee:
+        log.warning("tune.guarantee does not apply to `router-train search`: each trial's threshold comes from "
+                    "the search target on router-val, so the exported router carries no Learn-then-Test "
+                    "guarantee (run `router-train tune` and `export` for one)")
     n_trials = n_trials or sc.n_trials
     url = storage or default_storage(cfg)
     name = study_name or default_study_name(cfg)

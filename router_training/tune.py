@@ -102,7 +102,7 @@ def calibrated(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str]
     decision = {"thresholds": [t if tier == "edge" else 0.0 for tier in tiers], "lambda_latency": lambda_latency,
                 "lambda_energy": lambda_energy}
     info = {"eps": gc.eps, "delta": gc.delta, "transform": gc.transform, "certified": res.certified, "n": res.n,
-            "val_loss": float(res.val_loss[res.index]) if res.certified else 0.0,
+            "val_loss": float(res.val_loss[res.index]) if res.certified else None,
             "p_value": float(res.p_values[res.index]) if res.certified else None}
     if not res.certified:
         log.warning("no edge threshold certified at eps %.3f, delta %.2f on %d router-val samples: routing "

@@ -201,3 +201,17 @@ def test_unknown_section_empty_file_and_bad_yaml_are_clear_errors(tmp_path, caps
     with pytest.raises(ValueError, match="image_sise"):
         C.from_dict(base_dict(models=[{"name": "a", "tier": "edge", "options": {"image_sise": 32}},
                                       {"name": "b", "tier": "cloud"}]), base=tmp_path, workdir=tmp_path)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (0.05, "must be a mapping"), (True, "must be a mapping"), ([0.05, 0.1], "must be a mapping"),
+    ({"eps": "0.05"}, "eps must be a number"), ({"eps": 2.0}, "0 <= eps < 1"), ({"delta": 0}, "0 < delta < 1"),
+    ({"transform": "foo"}, "clip' or 'shift"), ({"resplits": 0}, "positive int"), ({"epsilon": 0.1}, "unknown keys"),
+])
+def test_guarantee_section_is_validated(bad, match):
+    from router_training.config import TuneConfig
+
+    with pytest.raises(ValueError, match=match):
+        TuneConfig(guarantee=bad)
+    g = TuneConfig(guarantee={"eps": 0.02}).guarantee
+    assert (g.eps, g.delta, g.transform, g.resplits) == (0.02, 0.1, "clip", 200)

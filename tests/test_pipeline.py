@@ -163,3 +163,16 @@ def test_guarantee_mode_calibrates_on_untouched_router_val(tiny_run, tmp_path):
     assert check["pool"] == "router-val + router-test" and check["resplits"] == 200
     assert check["violation_rate"] <= 0.2
     assert "Accuracy-loss guarantee" in (gcfg.path("runs") / "report.md").read_text()
+
+
+def test_route_takes_a_path_and_the_report_names_its_router(tiny_run):
+    cfg, _ = tiny_run
+    router = Router.load(cfg.path("export"))
+    ds = pipeline.data.build_router_dataset(cfg)
+    path = cfg.workdir / "query-api.png"
+    ds[1]["image"].save(path)
+    a, b = router.route(str(path), ds[1]["question"]), router.route(ds[1]["image"], ds[1]["question"])
+    assert a.model == b.model and a.scores == pytest.approx(b.scores)
+    md = (cfg.path("runs") / "report.md").read_text()
+    assert "Router: thresholds and lambdas tuned by Optuna" in md  # not a searched or calibrated one
+    assert "oracle_curve: hindsight" in md and "Router APGR" in md and "95% interval" in md
