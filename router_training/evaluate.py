@@ -88,16 +88,21 @@ def bandwidth_table(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, route
 
 
 def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, router: Router, out: Path,
-                      settings: dict) -> dict:
+                      settings: dict, router_assigns: list[np.ndarray], bootstrap: int = 1000) -> tuple[dict, dict]:
     """Fit every baseline of ``baselines`` on router-train (router-val for early stopping) and sweep it on
-    router-test: name -> {"points", "summary", "fit_s"}. Cached in ``out/baselines.json`` for ``settings``."""
+    router-test: (name -> {"points", "summary", "fit_s"}, paired), where ``paired`` compares the router's
+    sweep (``router_assigns``) with the best baseline that decides before running a model on the same
+    bootstrap resamples: {"baseline": name, "difference": {key: (point, lo, hi)}} of router minus
+    baseline (``metrics.bootstrap_routing`` with ``minus``). Cached in ``out/baselines.json`` for
+    ``settings`` and the router's decision (the combined policy starts from it)."""
     from . import baselines
 
+    key = {**settings, "decision": router.manifest["decision"]}
     cache = out / "baselines.json"
     if cache.exists():
         cached = json.loads(cache.read_text())
-        if cached.get("settings") == settings:
-            return cached["baselines"]
+        if cached.get("settings") == key:
+            return cached["baselines"], cached["paired"]
     m = router.manifest
     ctx = baselines.Context(
         cfg.tiers, cloud, questions=baselines.questions_by_sample(cfg), val=splits["router-val"],
@@ -105,10 +110,19 @@ def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, r
               "ref_energy_j": m["decision"]["ref_energy_j"]},
         router_config=cfg.router, epochs=min(cfg.router.epochs, 20),
         router=lambda s: np.eye(len(cfg.models))[router.decide(router.predict(s.x))])
-    result = baselines.compare(splits["router-train"], splits["router-test"], ctx, models=cfg.model_names)
+    test = splits["router-test"]
+    result = baselines.compare(splits["router-train"], test, ctx, models=cfg.model_names)
+    pre = [k for k in result if k not in report.PRE_DECISION_EXCLUDED]
+    paired = {}
+    if pre:
+        best = max(pre, key=lambda k: result[k]["summary"]["apgr"])
+        b = baselines.make(best).fit(splits["router-train"], ctx)  # seeded: the same fit as in the comparison
+        minus = [b.assign(test, float(p["threshold"])) for p in result[best]["points"]]
+        paired = {"baseline": best, "difference": metrics.bootstrap_routing(router_assigns, test, cfg.tiers, cloud,
+                                                                            B=bootstrap, minus=minus)}
     out.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"settings": settings, "baselines": result}, default=float))
-    return result
+    cache.write_text(json.dumps({"settings": key, "baselines": result, "paired": paired}, default=float))
+    return result, paired
 
 
 def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict[str, SplitArrays],
@@ -122,13 +136,13 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
     assign = np.eye(len(cfg.models))[router.decide(probs)]
     rows = {name: metrics.policy_metrics(a, test, cfg.tiers, cloud, cfg.model_names)
             for name, a in report.baseline_assignments(test, cfg.model_names, cfg.tiers, assign).items()}
-    routing, curves, sweep, sweep_assigns = {}, {}, [], []
+    routing, curves, sweep, sweep_assigns, paired = {}, {}, [], [], {}
     if "edge" in cfg.tiers:  # routing curves need an edge model to route to
         sweep, sweep_assigns = router_sweep(router, splits["router-train"], test, cfg.tiers, cloud, cfg.model_names)
         routing = {"router": metrics.routing_summary(sweep, metrics.references(test, cfg.tiers, cloud))}
         curves = {"router (sweep)": sweep}
     if routing and settings is not None:
-        compared = compare_baselines(cfg, splits, cloud, router, out, settings)
+        compared, paired = compare_baselines(cfg, splits, cloud, router, out, settings, sweep_assigns, bootstrap)
         routing.update({name: r["summary"] for name, r in compared.items()})
         curves.update({name: compared[name]["points"] for name in PLOTTED_BASELINES if name in compared})
     intervals = {"router": metrics.bootstrap_metrics(assign, test, cfg.tiers, cloud, B=bootstrap)}
@@ -152,7 +166,7 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
                 main, "", report.interval_lines(intervals["router"]), ""]
     if routing:
         sections += ["## Routing curves (sweeps from all-edge to all-cloud)", "", report.routing_markdown(routing, intervals), "",
-                     report.ORACLE_NOTE, "", report.comparison_lines(routing, intervals.get("router_routing")), "",
+                     report.ORACLE_NOTE, "", report.comparison_lines(routing, intervals.get("router_routing"), paired), "",
                      "![pareto](pareto.png)", ""]
     if check is not None:
         sections += ["## Accuracy-loss guarantee (Learn then Test)", "",
@@ -164,7 +178,7 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
         sections += ["## Reference-model accuracy by degradation", "", by_deg.round(3).to_markdown(index=False), ""]
     (out / "report.md").write_text("\n".join(sections))
     (out / "report.json").write_text(json.dumps(
-        {"policies": rows, "sweep": sweep, "routing": routing, "intervals": intervals, "calibration": calib,
+        {"policies": rows, "sweep": sweep, "routing": routing, "intervals": intervals, "paired": paired, "calibration": calib,
          "bandwidth": bw, "guarantee_check": check, "decision": router.manifest["decision"], "profile": cfg.profile.to_dict()},
         indent=2, default=float))
     return main

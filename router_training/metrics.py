@@ -266,28 +266,44 @@ def bootstrap_metrics(assign: np.ndarray, s, tiers: Sequence[str], cloud: int, k
     return {k: (float(p), float(a), float(b)) for k, p, a, b in zip(keys, point, lo, hi)}
 
 
-def bootstrap_routing(assigns: Sequence[np.ndarray], s, tiers: Sequence[str], cloud: int,
-                      cpt_levels: Sequence[float] = (50, 80), B: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> dict:
-    """Bootstrap intervals of ``routing_summary`` (APGR on the three axes, CPT levels) for a threshold
-    sweep given as its assignment matrices ``assigns`` (one (n, K) per threshold, sweep order):
-    ``{key: (point, lo, hi)}``. The sweep is re-scored on each resample (vectorised over thresholds)."""
-    n = len(s.score)
+def _per_sample_sweep(assigns: Sequence[np.ndarray], s, tiers: Sequence[str]) -> dict:
+    """Per threshold and sample (T, n): accuracy, cloud/edge share, latency, energy of a sweep."""
     edge = np.array([t == "edge" for t in tiers])
     cloud_tier = np.array([t == "cloud" for t in tiers])
-    per = {"accuracy": np.stack([(a * s.score).sum(1) for a in assigns]),
-           "cloud_share": np.stack([a[:, cloud_tier].sum(1) for a in assigns]),
-           "edge_share": np.stack([a[:, edge].sum(1) for a in assigns]),
-           "mean_latency_s": np.stack([(a * s.latency_s).sum(1) for a in assigns]),
-           "mean_energy_j": np.stack([(a * s.energy_j).sum(1) for a in assigns])}
+    return {"accuracy": np.stack([(a * s.score).sum(1) for a in assigns]),
+            "cloud_share": np.stack([a[:, cloud_tier].sum(1) for a in assigns]),
+            "edge_share": np.stack([a[:, edge].sum(1) for a in assigns]),
+            "mean_latency_s": np.stack([(a * s.latency_s).sum(1) for a in assigns]),
+            "mean_energy_j": np.stack([(a * s.energy_j).sum(1) for a in assigns])}
+
+
+def _weighted_summary(per: dict, w: np.ndarray, refs: dict, cpt_levels) -> dict:
+    means = {k: v @ w for k, v in per.items()}
+    points = [{k: float(means[k][j]) for k in means} for j in range(len(means["accuracy"]))]
+    return routing_summary(points, refs, cpt_levels)
+
+
+def bootstrap_routing(assigns: Sequence[np.ndarray], s, tiers: Sequence[str], cloud: int,
+                      cpt_levels: Sequence[float] = (50, 80), B: int = 1000, seed: int = 0,
+                      level: float = 0.95, minus: Sequence[np.ndarray] | None = None) -> dict:
+    """Bootstrap intervals of ``routing_summary`` (APGR on the three axes, CPT levels) for a threshold
+    sweep given as its assignment matrices ``assigns`` (one (n, K) per threshold, sweep order):
+    ``{key: (point, lo, hi)}``. The sweep is re-scored on each resample (vectorised over thresholds).
+    With ``minus`` (another sweep on the same samples) the statistic is the paired difference
+    summary(assigns) - summary(minus), both re-scored on the same resamples."""
+    n = len(s.score)
+    per = _per_sample_sweep(assigns, s, tiers)
+    other = None if minus is None else _per_sample_sweep(minus, s, tiers)
     keys = None
 
     def stat(idx):
         nonlocal keys
         w = resample_weights(idx, n)
-        means = {k: v @ w for k, v in per.items()}
-        points = [{k: float(means[k][j]) for k in means} for j in range(len(assigns))]
-        summ = routing_summary(points, references(s, tiers, cloud, w), cpt_levels)
+        refs = references(s, tiers, cloud, w)
+        summ = _weighted_summary(per, w, refs, cpt_levels)
+        if other is not None:
+            base = _weighted_summary(other, w, refs, cpt_levels)
+            summ = {k: summ[k] - base[k] for k in summ}
         keys = list(summ)
         return np.array([summ[k] for k in keys], dtype=np.float64)
 

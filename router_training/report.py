@@ -79,10 +79,11 @@ def router_origin(manifest: dict) -> str:
     return "thresholds and lambdas tuned by Optuna against the config's `tune` target"
 
 
-def comparison_lines(routing: dict, router_interval: dict | None = None) -> str:
+def comparison_lines(routing: dict, router_interval: dict | None = None, paired: dict | None = None) -> str:
     """Plain-language verdicts from the routing table (``evaluate``): the router against the best
     baseline that decides before any model runs (APGR; with ``router_interval``, the router's bootstrap
-    intervals ``{key: (point, lo, hi)}``, whether that baseline lies inside the router's 95% interval),
+    intervals ``{key: (point, lo, hi)}``, whether that baseline lies inside the router's 95% interval;
+    with ``paired`` (``evaluate.compare_baselines``), the paired bootstrap interval of the difference),
     against the edge-confidence cascade (APGR on the cloud-share and latency axes), and whether router +
     cascade ("combined") beats both on both."""
     if "router" not in routing:
@@ -100,6 +101,12 @@ def comparison_lines(routing: dict, router_interval: dict | None = None) -> str:
             inside = f"; {where} the router's 95% interval [{lo:.3f}, {hi:.3f}]"
         lines.append(f"- Router APGR {r['apgr']:.3f}: {verdict} every baseline that decides before running a model "
                      f"(best: {best} {pre[best]['apgr']:.3f}{inside}).")
+        if paired and paired.get("baseline") == best:
+            d = {k: paired["difference"][k] for k in ("apgr", "apgr_latency")}
+            sig = "excludes 0" if d["apgr"][1] > 0 or d["apgr"][2] < 0 else "includes 0"
+            lines.append(f"- Paired bootstrap (same resamples) router minus {best}: APGR {d['apgr'][0]:+.4f} "
+                         f"[{d['apgr'][1]:+.4f}, {d['apgr'][2]:+.4f}] ({sig}), latency-axis APGR "
+                         f"{d['apgr_latency'][0]:+.4f} [{d['apgr_latency'][1]:+.4f}, {d['apgr_latency'][2]:+.4f}].")
     for name in ("cascade", "combined"):
         if name not in routing:
             continue
