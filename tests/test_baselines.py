@@ -314,8 +314,11 @@ def test_report_verdicts_from_the_routing_table():
     routing = {"router": row(0.86, 0.87), "random": row(0.5, 0.5), "oracle": row(0.95, 0.96),
                "hybrid_det": row(0.85, 0.85), "knn": row(0.6, 0.6), "cascade": row(0.84, 0.88),
                "combined": row(0.88, 0.89)}
-    text = comparison_lines(routing)
+    paired = {"baseline": "hybrid_det", "difference": {"apgr": (0.01, 0.002, 0.018), "apgr_latency": (0.02, -0.01, 0.05)}}
+    text = comparison_lines(routing, {"apgr": (0.86, 0.84, 0.88)}, paired)
     assert "0.860: above every baseline" in text and "best: hybrid_det 0.850" in text  # oracle/cascade excluded
+    assert "inside the router's 95% interval [0.840, 0.880]" in text
+    assert "router minus hybrid_det: APGR +0.0100 [+0.0020, +0.0180] (excludes 0)" in text
     assert "combined) dominates both" in text
     routing["hybrid_det"] = row(0.87, 0.85)
     routing["combined"] = row(0.88, 0.875)  # below the cascade on the latency axis

@@ -257,6 +257,15 @@ def test_bootstrap_headline_and_routing_intervals():
     for k, (p, lo, hi) in rc.items():
         assert p == pytest.approx(summ[k]), k
         assert lo <= hi
+    # paired difference: a sweep against itself is exactly 0 on every resample; against the reversed
+    # ranking (edge where r is low) the point is the difference of the two summaries
+    zero = M.bootstrap_routing(assigns, s, tiers, 1, B=50, seed=0, minus=assigns)
+    assert all(v == (0.0, 0.0, 0.0) for v in zero.values())
+    rev = [np.eye(2)[(r <= t).astype(int)] for t in np.quantile(r, np.linspace(1, 0, 11))]
+    d = M.bootstrap_routing(assigns, s, tiers, 1, B=100, seed=0, minus=rev)
+    summ_rev = M.routing_summary([M.policy_metrics(a, s, tiers, 1) for a in rev], M.references(s, tiers, 1))
+    assert d["apgr"][0] == pytest.approx(summ["apgr"] - summ_rev["apgr"])
+    assert d["apgr"][1] <= d["apgr"][0] <= d["apgr"][2]
 
 
 # ---------------------------------------------------------------------------------------------- calibration
