@@ -160,8 +160,9 @@ def image_features(image: Image.Image) -> np.ndarray:
     Where each is measured (``analysis_views``), so the cost is bounded (a few tenths of a ms) whatever
     the camera resolution: blur and noise (log_laplacian_var, noise_sigma) on a central crop at native
     resolution, because at 1/k scale a blur of radius r shrinks to r/k and the Laplacian and Immerkaer
-    operators then see the image's content, not its sharpness or noise; the other pixel statistics on a thumbnail of at most ANALYSIS_MAX_SIDE px; the size features on the
-    full image.  Raises ValueError for a 0-pixel image.
+    operators then see the image's content, not its sharpness or noise; the other pixel statistics on
+    a thumbnail of at most ANALYSIS_MAX_SIDE px; the size features on the full image.  Raises
+    ValueError for a 0-pixel image.
     """
     rgb = _to_rgb(image)
     full_w, full_h = rgb.size
