@@ -98,10 +98,11 @@ def load(byod, **search_over) -> config.Config:
     return cfg
 
 
-def write_config(byod, tmp_path, **search_over) -> Path:
+def write_config(byod, tmp_path, router: dict | None = None, **search_over) -> Path:
     path = tmp_path / "run.yaml"
     d = yaml.safe_load(byod[0].read_text())
     d["search"].update(search_over)
+    d["router"].update(router or {})
     path.write_text(yaml.safe_dump(d))
     return path
 
@@ -468,7 +469,9 @@ def postgres_url():
 
 
 def _two_workers(byod, tmp_path, study: str, n_trials: int, storage: str | None, export: bool):
-    cfg_path = write_config(byod, tmp_path)
+    # trials of a few seconds each (30 epochs, not 3): a worker that starts a few seconds late (imports,
+    # connecting to the storage on a loaded machine) still finds trials left to run
+    cfg_path = write_config(byod, tmp_path, router={"epochs": 30})
     cmd = [sys.executable, "-m", "router_training.cli", "search", str(cfg_path), "--workdir", str(byod[1]),
            "--study", study, "--n-trials", str(n_trials), "--threads", "1"]
     cmd += ["--storage", storage] if storage else []
