@@ -86,9 +86,9 @@ def _run(args) -> int:
 
         from .runtime import Router, expected_costs
 
-        for name, v in (("--uplink-mbps", args.uplink_mbps), ("--rtt-s", args.rtt_s)):
-            if v is not None and not (v >= 0 and v < float("inf")):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        for name, v, low in (("--uplink-mbps", args.uplink_mbps, "> 0"), ("--rtt-s", args.rtt_s, ">= 0")):
+            if v is not None and not ((v > 0 if low == "> 0" else v >= 0) and v < float("inf")):
+                raise ValueError(f"{name} must be a finite number {low}, got {v}")
         router = Router.load(args.artifact)
         d = router.route(Image.open(args.image), args.question, args.uplink_mbps, args.rtt_s)
         profile = router.profile.with_network(args.uplink_mbps, args.rtt_s)

@@ -176,3 +176,15 @@ def test_route_takes_a_path_and_the_report_names_its_router(tiny_run):
     md = (cfg.path("runs") / "report.md").read_text()
     assert "Router: thresholds and lambdas tuned by Optuna" in md  # not a searched or calibrated one
     assert "oracle_curve: hindsight" in md and "Router APGR" in md and "95% interval" in md
+
+
+@pytest.mark.parametrize("flag, value, message", [("--uplink-mbps", "0", "finite number > 0"),
+                                                  ("--uplink-mbps", "-5", "finite number > 0"),
+                                                  ("--rtt-s", "-0.1", "finite number >= 0")])
+def test_route_cli_rejects_bad_network_figures(tiny_run, flag, value, message):
+    cfg, _ = tiny_run
+    image = cfg.workdir / "query-bad.png"
+    pipeline.data.build_router_dataset(cfg)[0]["image"].save(image)
+    out = subprocess.run([sys.executable, "-m", "router_training.cli", "route", "--artifact", str(cfg.path("export")),
+                          "--image", str(image), "--question", "what?", flag, value], capture_output=True, text=True)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
