@@ -866,16 +866,20 @@ def available(ctx: Context) -> list[str]:
 
 
 def compare(train: SplitArrays, split: SplitArrays, ctx: Context, names: Sequence[str] | None = None, n: int = 41,
-            options: Mapping[str, dict] | None = None, models: Sequence[str] | None = None) -> dict:
+            options: Mapping[str, dict] | None = None, models: Sequence[str] | None = None,
+            fitted: dict | None = None) -> dict:
     """Fit each baseline on ``train`` and sweep it on ``split``: name -> {"points": sweep dicts,
     "summary": ``summary``, "fit_s": seconds}. ``names`` default: every registered baseline, less the
-    text ones when ``ctx.questions`` is None. ``options``: name -> options for ``make``."""
+    text ones when ``ctx.questions`` is None. ``options``: name -> options for ``make``. ``fitted``: a
+    dict that receives name -> the fitted Baseline (to route with it again)."""
     names = available(ctx) if names is None else names
     out = {}
     for nm in names:
         t0 = time.perf_counter()
         b = make(nm, **(options or {}).get(nm, {})).fit(train, ctx)
         fit_s = time.perf_counter() - t0
+        if fitted is not None:
+            fitted[nm] = b
         points = sweep(b, split, n=n, models=models)
         out[nm] = {"points": points, "summary": summary(points, split, ctx.tiers, ctx.cloud), "fit_s": fit_s}
         log.info("baseline %s: APGR %.3f (fit %.1f s)", nm, out[nm]["summary"]["apgr"], fit_s)

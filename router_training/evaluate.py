@@ -111,13 +111,13 @@ def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, r
         router_config=cfg.router, epochs=min(cfg.router.epochs, 20),
         router=lambda s: np.eye(len(cfg.models))[router.decide(router.predict(s.x))])
     test = splits["router-test"]
-    result = baselines.compare(splits["router-train"], test, ctx, models=cfg.model_names)
+    fitted: dict = {}
+    result = baselines.compare(splits["router-train"], test, ctx, models=cfg.model_names, fitted=fitted)
     pre = [k for k in result if k not in report.PRE_DECISION_EXCLUDED]
     paired = {}
     if pre:
         best = max(pre, key=lambda k: result[k]["summary"]["apgr"])
-        b = baselines.make(best).fit(splits["router-train"], ctx)  # seeded: the same fit as in the comparison
-        minus = [b.assign(test, float(p["threshold"])) for p in result[best]["points"]]
+        minus = [fitted[best].assign(test, float(p["threshold"])) for p in result[best]["points"]]
         paired = {"baseline": best, "difference": metrics.bootstrap_routing(router_assigns, test, cfg.tiers, cloud,
                                                                             B=bootstrap, minus=minus)}
     out.mkdir(parents=True, exist_ok=True)

@@ -176,6 +176,10 @@ def test_route_takes_a_path_and_the_report_names_its_router(tiny_run):
     md = (cfg.path("runs") / "report.md").read_text()
     assert "Router: thresholds and lambdas tuned by Optuna" in md  # not a searched or calibrated one
     assert "oracle_curve: hindsight" in md and "Router APGR" in md and "95% interval" in md
+    paired = json.loads((cfg.path("runs") / "report.json").read_text())["paired"]
+    assert f"Paired bootstrap (same resamples) router minus {paired['baseline']}" in md
+    lo, hi = paired["difference"]["apgr"][1:]
+    assert lo <= paired["difference"]["apgr"][0] <= hi
 
 
 @pytest.mark.parametrize("flag, value, message", [("--uplink-mbps", "0", "finite number > 0"),
