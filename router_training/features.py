@@ -237,7 +237,11 @@ def question_type(question: str) -> str:
     none of these, the first count/color/wh pattern later on is used (e.g. "In the
     image, how many ..."), else "other".
     """
-    t = _tokens(question)
+    return _type_of(_tokens(question))
+
+
+def _type_of(t: list[str]) -> str:
+    """``question_type`` from the question's tokens."""
     if not t:
         return "other"
     first = _type_at(t, 0)
@@ -259,10 +263,14 @@ def text_features(question: str) -> np.ndarray:
     question_type over QUESTION_TYPES, then 0/1 cue flags from _CUES (whole-word or
     word-sequence matches; negation also fires on any "...n't" token).
     """
-    t = _tokens(question)
+    return _text_of(question, _tokens(question))
+
+
+def _text_of(question: str, t: list[str]) -> np.ndarray:
+    """``text_features`` from the question and its tokens (tokenised once per query)."""
     words = set(t)
     joined = " " + " ".join(t) + " "
-    qtype = question_type(question)
+    qtype = _type_of(t)
     cues = []
     for name, terms in _CUES.items():
         hit = any((" " + term + " " in joined) if " " in term else (term in words) for term in terms)
@@ -289,8 +297,13 @@ def word_features(question: str) -> np.ndarray:
     2017).  The router's first linear layer maps these counts to a sum of per-bucket vectors, i.e. it
     learns word embeddings end to end (an embedding bag, as fastText: Joulin et al., "Bag of Tricks for
     Efficient Text Classification", EACL 2017) for the price of hashing a few words on the device."""
+    return _words_of(_tokens(question))
+
+
+def _words_of(tokens: list[str]) -> np.ndarray:
+    """``word_features`` from the question's tokens."""
     out = np.zeros(WORD_BUCKETS, dtype=np.float32)
-    for t in _tokens(question):
+    for t in tokens:
         for b in word_buckets(t):
             out[b] += 1.0
     return out
@@ -299,7 +312,8 @@ def word_features(question: str) -> np.ndarray:
 def question_features(question: str) -> np.ndarray:
     """Every question feature, float32 shape (len(TEXT_FEATURES) + WORD_BUCKETS,): text_features ++
     word_features."""
-    return np.concatenate([text_features(question), word_features(question)])
+    t = _tokens(question)
+    return np.concatenate([_text_of(question, t), _words_of(t)])
 
 
 def extract(image: Image.Image, question: str) -> np.ndarray:
