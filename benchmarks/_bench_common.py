@@ -36,15 +36,15 @@ def profile():
     return DeploymentProfile.from_dict(yaml.safe_load(PROFILE.read_text()))
 
 
-def synthetic_split(n: int, seed: int = 0):
-    """A ``fit.SplitArrays`` of ``n`` rows: x float32 (n, len(FEATURE_NAMES)), 3 models (MODELS).
-    Scores are Bernoulli draws from a logistic model of the features (the cloud model most accurate);
-    latency / energy come from the deployment profile with +-30% jitter on compute time."""
+def synthetic_split(n: int, seed: int = 0, width: int | None = None):
+    """A ``fit.SplitArrays`` of ``n`` rows: x float32 (n, ``width``; default len(FEATURE_NAMES)), 3 models
+    (MODELS). Scores are Bernoulli draws from a logistic model of the features (the cloud model most
+    accurate); latency / energy come from the deployment profile with +-30% jitter on compute time."""
     from router_training.features import FEATURE_NAMES
     from router_training.fit import SplitArrays
 
     rng = np.random.default_rng(seed)
-    f, k = len(FEATURE_NAMES), len(MODELS)
+    f, k = width or len(FEATURE_NAMES), len(MODELS)
     x = rng.normal(size=(n, f)).astype(np.float32)
     w = np.random.default_rng(1234).normal(scale=0.5, size=(f, k))  # same "truth" for every split
     logits = x @ w + np.array([0.0, 0.5, 1.5])

@@ -205,7 +205,7 @@ def main() -> None:
         feats = features.extract(image, question)[None]
         probs = router.predict(feats)
         stages = {
-            f"image_features ({args.image_size} px)": lambda: features.image_features(image),
+            f"image_parts ({args.image_size} px)": lambda: features.image_parts(image),
             "question_features": lambda: features.question_features(question),
             "ONNX session run (predict)": lambda: router.predict(feats),
             "decide": lambda: router.decide(probs),

@@ -1,8 +1,9 @@
 """Throughput of the router's hand-crafted features (``router_training.features``), one call at a time
-as on the device: ``image_features`` on square RGB images of 64, 224 and 640 px, and
+as on the device: ``image_parts`` (the image features and the CNN's 32 px thumbnail) on square RGB
+images of 64, 224 and 640 px, and
 ``question_features`` (hand-crafted text signals + hashed words) on short VQA questions.
 
-What it measures: wall time of ``features.image_features(image)`` per image (the images are
+What it measures: wall time of ``features.image_parts(image)`` per image (the images are
 synthetic but photo-like, see ``_bench_common.synthetic_image``: gradients, shapes, blur, sensor noise;
 already decoded RGB, so file decoding is not included) and of ``features.question_features(question)``
 per question, in one process on one thread (numpy and Pillow here do not multi-thread these operations).
@@ -12,7 +13,7 @@ images / seconds, and the table shows the median round (and the slowest-fastest 
 How to read it: the numbers that carry over to other machines are the ratios in the same run, not the
 absolute rates. ``time x vs 64 px`` is how much longer one image takes than a 64 px image and
 ``pixels x`` how many more pixels it has. Above 64 px the pixel statistics run on a 64 px thumbnail and
-a native 64 px crop, so only the box reduction touches every pixel: time should grow much slower than
+a native 64 px crop (and the thumbnail is made from that 64 px view), so no step reads every pixel: time should grow much slower than
 pixels (a fixed per-call cost, then one cheap pass over the image). The text row
 compares one question with one 64 px image. The absolute rates depend on the CPU and on what else runs.
 
@@ -46,12 +47,12 @@ def main() -> None:
     for size in sorted(set(args.sizes)):
         imgs = [common.synthetic_image(size, seed=i) for i in range(args.images)]
         for im in imgs[:1]:
-            features.image_features(im)  # warm-up (imports, allocator)
+            features.image_parts(im)  # warm-up (imports, allocator)
         per_round = []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             for im in imgs:
-                features.image_features(im)
+                features.image_parts(im)
             per_round.append((time.perf_counter() - t0) / len(imgs))
         rows.append((f"image {size}x{size} px", size * size, per_round))
 

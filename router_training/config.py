@@ -197,6 +197,7 @@ class RouterConfig:
     cost_weight: float = 0.1
     temperature: float = 0.1
     label_smoothing: float = 0.0  # BCE targets s * (1 - eps) + eps / 2
+    image_embedding: int = 16  # width of the CNN embedding of the thumbnail (fit.RouterNet); 0: no thumbnail
     seed: int = 0
 
     def __post_init__(self):
@@ -301,7 +302,8 @@ class CollectConfig:
 # router fields a search space may name besides RouterConfig's own (``hidden`` is hidden_width x depth;
 # ``feature_groups`` masks feature columns; ``threshold`` is the decision threshold of the edge models)
 SEARCH_EXTRA_PARAMS = ("hidden_width", "depth", "feature_groups", "threshold")
-FEATURE_GROUPS = ("image", "text", "words")  # features.IMAGE_FEATURES, TEXT_FEATURES, WORD_FEATURES
+# features.IMAGE_FEATURES, TEXT_FEATURES, WORD_FEATURES, PIXEL_FEATURES
+FEATURE_GROUPS = ("image", "text", "words", "thumbnail")
 SEARCH_MODES = ("single", "multi")
 SEARCH_SAMPLERS = ("tpe", "nsga2", "random")
 SEARCH_PRUNERS = ("none", "median", "percentile", "hyperband", "successive_halving", "threshold")
@@ -318,7 +320,7 @@ def default_search_space() -> dict:
         "lambda_latency": {"float": [0.0, 1.0]},
         "lambda_energy": {"float": [0.0, 1.0]},
         "label_smoothing": {"float": [0.0, 0.1]},
-        "feature_groups": {"categorical": ["image+text+words", "image+text", "image"]},
+        "feature_groups": {"categorical": ["image+text+words+thumbnail", "image+text+words", "image+text"]},
     }
 
 
@@ -378,7 +380,7 @@ def parse_search_space(space: dict) -> dict:
             continue
         if name == "feature_groups":
             raise ValueError(f"{where}: feature_groups takes {{categorical: [...]}}, e.g. "
-                             "{categorical: [image+text+words, image+text, image]}")
+                             "{categorical: [image+text+words+thumbnail, image+text+words]}")
         bounds = [_number(b) for b in spec[kind]] if isinstance(spec[kind], (list, tuple)) else spec[kind]
         if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
@@ -414,8 +416,8 @@ class SearchConfig:
       (lr, weight_decay, dropout, epochs, batch_size, lambda_latency, lambda_energy, label_smoothing,
       cost_weight, temperature), ``hidden_width`` and ``depth`` (hidden = [hidden_width] * depth),
       ``feature_groups`` (categorical over "+"-joined subsets of "image", "text" (hand-crafted question
-      signals) and "words" (the hashed words the router learns embeddings for): the other groups' feature
-      columns are masked) and ``threshold`` (the edge models' decision threshold: searched in multi
+      signals), "words" (the hashed words the router learns embeddings for) and "thumbnail" (the pixels its
+      CNN embeds): the other groups' feature columns are masked) and ``threshold`` (the edge models' decision threshold: searched in multi
       mode even when not listed; listed in single mode, it replaces the sweep). Unlisted parameters keep
       the ``router`` section's values. Example (YAML)::
 
@@ -424,7 +426,7 @@ class SearchConfig:
             hidden_width: {int: [16, 128], log: true}
             depth: {int: [1, 3]}
             label_smoothing: {float: [0.0, 0.1]}
-            feature_groups: {categorical: [image+text+words, image+text, image]}
+            feature_groups: {categorical: [image+text+words+thumbnail, image+text+words, image+text]}
     - ``mode``: "single" maximises the edge share subject to accuracy >= ``min_cloud_accuracy_ratio`` x
       all-cloud accuracy on router-val (an Optuna constraint; the threshold comes from a sweep of
       ``threshold_grid`` values on router-val); "multi" finds the Pareto front of (accuracy, mean latency,

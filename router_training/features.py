@@ -3,8 +3,9 @@
 One implementation shared by training and the on-device router runtime, so it
 imports only numpy, Pillow and the standard library (no torch, no scipy).
 
-Column order is fixed by ``FEATURE_NAMES = IMAGE_FEATURES + TEXT_FEATURES``;
-every function returns a 1-D ``float32`` vector in that order.  Grey levels are
+Column order is fixed by ``FEATURE_NAMES = IMAGE_FEATURES + TEXT_FEATURES +
+WORD_FEATURES + PIXEL_FEATURES``; every function returns a 1-D ``float32`` vector in
+that order.  Grey levels are
 Pillow's ITU-R 601 luma (``Image.convert("L")``, 0..255).  3x3 filters are
 applied in "valid" mode (no padding), so images smaller than 3x3 get 0 for the
 filter-based features.
@@ -68,11 +69,14 @@ TEXT_FEATURES: tuple[str, ...] = (
 )
 WORD_BUCKETS = 128  # hashed bag of words: easy-VQA's 26 question words get 26 distinct bucket pairs
 WORD_FEATURES: tuple[str, ...] = tuple(f"word_{i:03d}" for i in range(WORD_BUCKETS))
-FEATURE_NAMES: tuple[str, ...] = IMAGE_FEATURES + TEXT_FEATURES + WORD_FEATURES
+THUMBNAIL_SIDE = 32  # the router's CNN sees a 32 x 32 RGB thumbnail (shapes stay recognisable; 16 px lost ~0.02 APGR)
+PIXEL_FEATURES: tuple[str, ...] = tuple(f"pixel_{y:02d}_{x:02d}_{c}" for y in range(THUMBNAIL_SIDE)
+                                        for x in range(THUMBNAIL_SIDE) for c in "rgb")
+FEATURE_NAMES: tuple[str, ...] = IMAGE_FEATURES + TEXT_FEATURES + WORD_FEATURES + PIXEL_FEATURES
 
 # Bumped whenever a feature's definition changes (same names, other values): cached feature tables and
 # exported routers of another version are then recomputed / refused instead of silently mismatched.
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 EDGE_THRESHOLD = 100.0  # Sobel magnitude on grey 0..255; = a 25-grey-level step edge
 JPEG_QUALITY = 75
 ANALYSIS_MAX_SIDE = 64  # global pixel statistics on at most 64 px (easy-VQA's 64 px images are analysed whole)
@@ -164,10 +168,18 @@ def image_features(image: Image.Image) -> np.ndarray:
     a thumbnail of at most ANALYSIS_MAX_SIDE px; the size features on the full image.  Raises
     ValueError for a 0-pixel image.
     """
-    rgb = _to_rgb(image)
-    full_w, full_h = rgb.size
-    thumb, crop = analysis_views(rgb)
+    return _image_of(*_views(image))
 
+
+def _views(image: Image.Image) -> tuple[tuple[int, int], Image.Image, Image.Image]:
+    """(full size, thumbnail, crop) of any image: ``_to_rgb`` then ``analysis_views``."""
+    rgb = _to_rgb(image)
+    return (rgb.size, *analysis_views(rgb))
+
+
+def _image_of(size: tuple[int, int], thumb: Image.Image, crop: Image.Image) -> np.ndarray:
+    """``image_features`` from the image's ``_views``."""
+    full_w, full_h = size
     lap_var = noise = 0.0
     grey_u8 = np.asarray(thumb.convert("L"))
     g = grey_u8.astype(np.float32)
@@ -208,6 +220,28 @@ def image_features(image: Image.Image) -> np.ndarray:
         g_mean / 255.0, math.sqrt(g_var) / 255.0,
         colorful, noise, sat, full_w, full_h, math.log2(full_w * full_h),
     ], dtype=np.float32)
+
+
+def thumbnail(image: Image.Image) -> np.ndarray:
+    """The image as the router's CNN sees it, float32 shape (len(PIXEL_FEATURES),), order PIXEL_FEATURES
+    (row-major, R G B per pixel): the ``analysis_views`` thumbnail resized to THUMBNAIL_SIDE x
+    THUMBNAIL_SIDE (box filter; the aspect ratio is not kept) with values divided by its brightest
+    channel value, so 0..1 whatever the exposure (brightness itself is an IMAGE_FEATURES column).
+    Raises ValueError for a 0-pixel image."""
+    return _thumbnail_of(_views(image)[1])
+
+
+def _thumbnail_of(thumb: Image.Image) -> np.ndarray:
+    """``thumbnail`` from the ``analysis_views`` thumbnail."""
+    side = THUMBNAIL_SIDE
+    a = np.asarray(thumb.resize((side, side), Image.Resampling.BOX), dtype=np.float32).ravel()
+    return a / max(float(a.max()), 1.0)
+
+
+def image_parts(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(``image_features``, ``thumbnail``) of one image, its views computed once."""
+    size, thumb, crop = _views(image)
+    return _image_of(size, thumb, crop), _thumbnail_of(thumb)
 
 
 def _tokens(question: str) -> list[str]:
@@ -317,5 +351,7 @@ def question_features(question: str) -> np.ndarray:
 
 
 def extract(image: Image.Image, question: str) -> np.ndarray:
-    """All features, float32 shape (len(FEATURE_NAMES),): image_features ++ question_features."""
-    return np.concatenate([image_features(image), question_features(question)])
+    """All features, float32 shape (len(FEATURE_NAMES),): image_features ++ question_features ++
+    thumbnail."""
+    img, pixels = image_parts(image)
+    return np.concatenate([img, question_features(question), pixels])

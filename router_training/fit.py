@@ -16,7 +16,7 @@ from torch import nn
 
 from . import outcomes
 from .config import Config, RouterConfig
-from .features import FEATURE_NAMES
+from .features import FEATURE_NAMES, PIXEL_FEATURES, THUMBNAIL_SIDE
 from .profile import DeploymentProfile
 from .runtime import expected_costs
 
@@ -82,11 +82,28 @@ def cost_spec(train: SplitArrays, table: pd.DataFrame, cfg: Config) -> dict:
 
 
 class RouterNet(nn.Module):
-    """MLP: standardised features float32 (n, F) -> correctness logits (n, K)."""
+    """Standardised features float32 (n, F) -> correctness logits (n, K).
 
-    def __init__(self, n_features: int, n_models: int, hidden: list, dropout: float):
+    With ``n_pixels`` > 0 the last ``n_pixels`` columns are the THUMBNAIL_SIDE x THUMBNAIL_SIDE RGB
+    thumbnail (``features.PIXEL_FEATURES``): a small CNN (three 3x3 convolutions of 8, 16 and
+    ``image_embedding`` channels, 2x2 max pooling after the first two, global max pooling) embeds it and
+    the MLP sees the other columns ++ that learned image embedding. Convolutions and global pooling
+    recognise a shape or colour wherever it lies, which an MLP on the raw pixels cannot learn from a
+    few thousand questions. ``image_embedding`` 0 drops the thumbnail columns."""
+
+    def __init__(self, n_features: int, n_models: int, hidden: list, dropout: float, n_pixels: int = 0,
+                 image_embedding: int = 16):
         super().__init__()
-        layers, width = [], n_features
+        self.n_signals = n_features - n_pixels
+        self.cnn = None
+        if n_pixels and image_embedding:
+            if n_pixels != len(PIXEL_FEATURES):
+                raise ValueError(f"n_pixels must be len(PIXEL_FEATURES) = {len(PIXEL_FEATURES)}, got {n_pixels}")
+            self.cnn = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+                nn.Conv2d(8, 16, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+                nn.Conv2d(16, image_embedding, 3, padding=1), nn.GELU(), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        layers, width = [], self.n_signals + (image_embedding if self.cnn is not None else 0)
         for h in hidden:
             layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
             width = h
@@ -94,7 +111,12 @@ class RouterNet(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.mlp(x)
+        signals = x[:, :self.n_signals]
+        if self.cnn is None:
+            return self.mlp(signals)
+        side = THUMBNAIL_SIDE
+        image = x[:, self.n_signals:].reshape(-1, side, side, 3).permute(0, 3, 1, 2)
+        return self.mlp(torch.cat([signals, self.cnn(image)], 1))
 
 
 class Probabilities(nn.Module):
@@ -127,12 +149,12 @@ class RouterModule(L.LightningModule):
     """
 
     def __init__(self, n_features: int, n_models: int, cfg: dict, expected_latency_s, expected_energy_j,
-                 ref_latency_s: float, ref_energy_j: float):
+                 ref_latency_s: float, ref_energy_j: float, n_pixels: int = 0):
         super().__init__()
         self.save_hyperparameters()
         rc = RouterConfig(**cfg)
         self.rc = rc
-        self.net = RouterNet(n_features, n_models, rc.hidden, rc.dropout)
+        self.net = RouterNet(n_features, n_models, rc.hidden, rc.dropout, n_pixels, rc.image_embedding)
         self.register_buffer("prior_cost", torch.tensor(
             rc.lambda_latency * np.asarray(expected_latency_s) / ref_latency_s
             + rc.lambda_energy * np.asarray(expected_energy_j) / ref_energy_j, dtype=torch.float32))
@@ -201,8 +223,10 @@ def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_
     L.seed_everything(rc.seed, verbose=False)
     dm = RouterDataModule(train, val, rc.batch_size)
     lat, en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
+    # all FEATURE_NAMES columns: the last ones are the thumbnail (a column subset, as baselines use, has none)
+    n_pixels = len(PIXEL_FEATURES) if train.x.shape[1] == len(FEATURE_NAMES) else 0
     module = RouterModule(train.x.shape[1], train.score.shape[1], dict(rc.__dict__), lat.tolist(), en.tolist(),
-                          spec["ref_latency_s"], spec["ref_energy_j"])
+                          spec["ref_latency_s"], spec["ref_energy_j"], n_pixels)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_loss",
                                                enable_version_counter=False)

@@ -99,12 +99,13 @@ def stage_features(cfg: Config) -> pd.DataFrame:
     if path.exists():
         return pd.read_parquet(path)
     ds = data.build_router_dataset(cfg)
-    image_feats: dict[str, np.ndarray] = {}
+    image_parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rows = []
     for r in tqdm(ds, desc="features", unit="q"):
-        if r["image_id"] not in image_feats:
-            image_feats[r["image_id"]] = features.image_features(r["image"])
-        rows.append(np.concatenate([image_feats[r["image_id"]], features.question_features(r["question"])]))
+        if r["image_id"] not in image_parts:
+            image_parts[r["image_id"]] = features.image_parts(r["image"])
+        img, pixels = image_parts[r["image_id"]]
+        rows.append(np.concatenate([img, features.question_features(r["question"]), pixels]))
     df = pd.DataFrame(np.stack(rows), columns=list(features.FEATURE_NAMES))
     df.insert(0, "sample_id", ds["sample_id"])
     path.parent.mkdir(parents=True, exist_ok=True)

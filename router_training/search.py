@@ -52,7 +52,7 @@ from optuna.trial import TrialState
 
 from . import fit, pipeline, tune
 from .config import FEATURE_GROUPS, Config, RouterConfig, SearchConfig
-from .features import FEATURE_NAMES, IMAGE_FEATURES, TEXT_FEATURES, WORD_FEATURES
+from .features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, THUMBNAIL_SIDE, WORD_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ METRIC_KEYS = ("accuracy", "pct_cloud_accuracy", "edge_share", "mean_latency_s",
                "latency_reduction", "energy_reduction")
 ALL_CLOUD_THRESHOLD = 1.01  # above any probability: no edge model is eligible
 ALL_GROUPS = "+".join(FEATURE_GROUPS)
-_GROUP_COLUMNS = {"image": IMAGE_FEATURES, "text": TEXT_FEATURES, "words": WORD_FEATURES}
+_GROUP_COLUMNS = {"image": IMAGE_FEATURES, "text": TEXT_FEATURES, "words": WORD_FEATURES, "thumbnail": PIXEL_FEATURES}
 
 
 class SearchError(ValueError):
@@ -132,12 +132,21 @@ def masked(split: fit.SplitArrays, mask: np.ndarray) -> fit.SplitArrays:
 
 
 def ignore_masked_inputs(module: fit.RouterModule, mask: np.ndarray) -> fit.RouterModule:
-    """Zero the first layer's weights on the masked-out feature columns: trained on constant zeros there,
-    the router then ignores those features whatever values the runtime computes for them."""
+    """Make the router ignore the masked-out feature columns whatever values the runtime computes for
+    them: it was trained on constant zeros there, so the MLP's first-layer weights on masked signal
+    columns are zeroed, and a masked thumbnail's CNN embedding is replaced by the constant it had in
+    training (the embedding of an all-zero thumbnail, folded into the first layer's bias)."""
     import torch
 
+    net = module.net
+    n = net.n_signals
     with torch.no_grad():
-        module.net.mlp[0].weight[:, torch.from_numpy(~mask)] = 0.0
+        first = net.mlp[0]
+        first.weight[:, :n][:, torch.from_numpy(~mask[:n])] = 0.0
+        if net.cnn is not None and not mask[n:].any():
+            emb = net.cnn(torch.zeros(1, 3, THUMBNAIL_SIDE, THUMBNAIL_SIDE))[0]
+            first.bias += first.weight[:, n:] @ emb
+            first.weight[:, n:] = 0.0
     return module
 
 

@@ -39,7 +39,8 @@ def colourful_image(size=48, seed=1):
 
 
 def test_names_and_shapes():
-    assert F.FEATURE_NAMES == F.IMAGE_FEATURES + F.TEXT_FEATURES + F.WORD_FEATURES
+    assert F.FEATURE_NAMES == F.IMAGE_FEATURES + F.TEXT_FEATURES + F.WORD_FEATURES + F.PIXEL_FEATURES
+    assert len(F.PIXEL_FEATURES) == F.THUMBNAIL_SIDE ** 2 * 3
     assert len(set(F.FEATURE_NAMES)) == len(F.FEATURE_NAMES)
     x = F.extract(colourful_image(), "What color is the car?")
     assert x.shape == (len(F.FEATURE_NAMES),)
@@ -47,6 +48,22 @@ def test_names_and_shapes():
     assert F.image_features(colourful_image()).shape == (len(F.IMAGE_FEATURES),)
     assert F.text_features("").shape == (len(F.TEXT_FEATURES),)
     assert F.word_features("").shape == (F.WORD_BUCKETS,) and not F.word_features("").any()
+    img, pixels = F.image_parts(colourful_image())
+    np.testing.assert_array_equal(x, np.concatenate([img, F.question_features("What color is the car?"), pixels]))
+
+
+def test_thumbnail_is_exposure_normalised_and_row_major():
+    """A 64 px image: left half red (200, 0, 0), right half blue (0, 0, 100). The 32 px thumbnail keeps
+    the layout (row-major, RGB per pixel), divided by the brightest value (200); dimming the image by
+    half changes nothing."""
+    a = np.zeros((64, 64, 3), np.uint8)
+    a[:, :32, 0], a[:, 32:, 2] = 200, 100
+    t = F.thumbnail(Image.fromarray(a)).reshape(F.THUMBNAIL_SIDE, F.THUMBNAIL_SIDE, 3)
+    np.testing.assert_allclose(t[:, :16], np.broadcast_to([1.0, 0.0, 0.0], (32, 16, 3)))
+    np.testing.assert_allclose(t[:, 16:], np.broadcast_to([0.0, 0.0, 0.5], (32, 16, 3)))
+    dim = F.thumbnail(Image.fromarray(a // 2))
+    np.testing.assert_allclose(dim, t.ravel())
+    assert not F.thumbnail(Image.new("RGB", (5, 3))).any()  # black stays 0, no division by zero
 
 
 # The two buckets of "circle" (halves of its 8-byte BLAKE2b digest mod 128), pinned: exported routers

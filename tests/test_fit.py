@@ -63,3 +63,35 @@ def test_fit_logs_to_csv_and_offline_wandb(tmp_path):
     metrics = list((tmp_path / "logs").rglob("metrics.csv"))
     assert metrics and "val_loss" in metrics[0].read_text().splitlines()[0]
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def blob_split(n, seed):
+    """Signals are noise; the thumbnail is black with one 6 x 6 px square at a random place, red or
+    green; the edge model is correct iff it is red. Only the CNN sees the colour."""
+    from router_training.features import PIXEL_FEATURES, THUMBNAIL_SIDE as S
+
+    rng = np.random.default_rng(seed)
+    s = synthetic(n, seed)
+    img = np.zeros((n, S, S, 3), np.float32)
+    red = rng.random(n) < 0.5
+    for i, (y, x) in enumerate(rng.integers(0, S - 6, (n, 2))):
+        img[i, y:y + 6, x:x + 6, 0 if red[i] else 1] = 1.0
+    s.x[:, -len(PIXEL_FEATURES):] = img.reshape(n, -1)
+    s.score[:, 0] = red
+    return s
+
+
+def test_the_thumbnail_cnn_learns_what_only_the_pixels_show(tmp_path):
+    train, val = blob_split(1500, 0), blob_split(400, 1)
+    rc = RouterConfig(epochs=12, hidden=[16], batch_size=64)
+    module, dm = fit(train, val, SPEC, rc, tmp_path, loggers=False, progress=False)
+    assert module.net.cnn is not None and module.net.n_signals == len(FEATURE_NAMES) - 32 * 32 * 3
+    p = predict(module, dm, val.x)[:, 0]
+    red = val.score[:, 0] == 1
+    assert p[red].mean() > 0.8 and p[~red].mean() < 0.2
+    # without the thumbnail (image_embedding 0) the same data teaches nothing about the colour
+    module, dm = fit(train, val, SPEC, RouterConfig(epochs=12, hidden=[16], batch_size=64, image_embedding=0),
+                     tmp_path / "mlp", loggers=False, progress=False)
+    assert module.net.cnn is None
+    p = predict(module, dm, val.x)[:, 0]
+    assert abs(p[red].mean() - p[~red].mean()) < 0.15

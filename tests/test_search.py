@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 from router_training import config, fit, search
 from router_training.config import RouterConfig, SearchConfig
-from router_training.features import FEATURE_NAMES, IMAGE_FEATURES, TEXT_FEATURES, WORD_FEATURES
+from router_training.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, WORD_FEATURES
 from router_training.runtime import Router
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,8 +210,9 @@ def test_router_config_and_feature_masks():
     assert text.sum() == len(TEXT_FEATURES) and text[[FEATURE_NAMES.index(n) for n in TEXT_FEATURES]].all()
     words = search.feature_mask("words")
     assert words.sum() == len(WORD_FEATURES) and not (words & text).any()
-    assert search.feature_mask("image+text+words").all() and search.feature_mask(None).all()
-    assert (search.feature_mask("image") ^ search.feature_mask("text+words")).all()
+    assert search.feature_mask("image+text+words+thumbnail").all() and search.feature_mask(None).all()
+    assert search.feature_mask("thumbnail").sum() == len(PIXEL_FEATURES) and search.feature_mask("thumbnail")[-1]
+    assert (search.feature_mask("image") ^ search.feature_mask("text+words+thumbnail")).all()
     assert search.feature_mask("image+text").sum() == len(IMAGE_FEATURES) + len(TEXT_FEATURES)
 
 
@@ -356,7 +357,7 @@ def test_feature_groups_mask_what_the_exported_router_sees(byod, tmp_path):
     assert router.manifest["search"]["params"] == {"feature_groups": "text"}
     table, feats = _tables(cfg)
     x = fit.split_arrays(table, feats, cfg.model_names, "router-test").x
-    img = np.array([n in IMAGE_FEATURES for n in FEATURE_NAMES])
+    img = np.array([n in IMAGE_FEATURES or n in PIXEL_FEATURES for n in FEATURE_NAMES])  # the thumbnail too
     shuffled = x.copy()
     shuffled[:, img] = np.random.default_rng(0).normal(size=(len(x), img.sum())) * 50
     np.testing.assert_allclose(router.predict(shuffled), router.predict(x), atol=1e-6)
