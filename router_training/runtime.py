@@ -73,6 +73,8 @@ class Router:
         self.std = np.asarray(manifest["features"]["std"], dtype=np.float32)
         self.profile = DeploymentProfile.from_dict(manifest["profile"])
         self._costs = expected_costs(manifest, self.profile)  # at the profile's own network figures
+        self._thresholds = np.asarray(manifest["decision"]["thresholds"], dtype=np.float64)
+        self._input = session.get_inputs()[0].name
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":
@@ -103,7 +105,7 @@ class Router:
     def predict(self, feats: np.ndarray) -> np.ndarray:
         """Raw features float (n, F) -> predicted P(correct) float32 (n, K)."""
         x = ((np.atleast_2d(feats) - self.mean) / self.std).astype(np.float32)
-        return self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+        return self.session.run(None, {self._input: x})[0]
 
     def decide(self, probs: np.ndarray, uplink_mbps: float | None = None, rtt_s: float | None = None) -> np.ndarray:
         """Model indices (n,) for predicted probabilities (n, K); the current uplink (Mbit/s) and
@@ -111,7 +113,7 @@ class Router:
         d = self.manifest["decision"]
         lat, en = (self._costs if uplink_mbps is None and rtt_s is None
                    else expected_costs(self.manifest, self.profile.with_network(uplink_mbps, rtt_s)))
-        return decide(probs, lat, en, np.asarray(d["thresholds"]), d["lambda_latency"], d["lambda_energy"],
+        return decide(probs, lat, en, self._thresholds, d["lambda_latency"], d["lambda_energy"],
                       d["ref_latency_s"], d["ref_energy_j"])
 
     def route(self, image: Image.Image | str | Path, question: str, uplink_mbps: float | None = None,

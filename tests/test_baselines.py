@@ -1,6 +1,7 @@
 """Baseline routers (router_training.baselines): each learns a planted signal, sweeps span all-edge to
 all-cloud, cascade / combined costs count both models, hand-checked small cases."""
 
+import dataclasses
 import functools
 import zlib
 
@@ -10,7 +11,7 @@ import pytest
 from router_training import baselines as B
 from router_training import policies as P
 from router_training.config import RouterConfig
-from router_training.features import FEATURE_NAMES, QUESTION_TYPES
+from router_training.features import FEATURE_NAMES, PIXEL_FEATURES, QUESTION_TYPES
 from router_training.fit import SplitArrays
 
 QT = {t: FEATURE_NAMES.index("qtype_" + t.replace("/", "_")) for t in QUESTION_TYPES}
@@ -86,12 +87,13 @@ def apgr(b, split):
 
 def test_registry():
     assert {"random", "oracle", "oracle_curve", "qtype", "mlp_image", "mlp_text", "mlp_both", "mlp_both_minilm",
-            "minilm_clf", "knn", "mf", "hybrid_det", "hybrid_soft", "cascade", "combined"} <= set(B.BASELINES)
+            "mlp_signals", "minilm_clf", "knn", "mf", "hybrid_det", "hybrid_soft", "cascade", "combined"} <= set(B.BASELINES)
     with pytest.raises(ValueError, match="unknown baseline"):
         B.make("nope")
 
 
 LEARNS = [("mlp_image", "image"), ("mlp_text", "qtype"), ("mlp_both", "image"), ("mlp_both_minilm", "text"),
+          ("mlp_signals", "qtype"),
           ("minilm_clf", "text"), ("knn", "text"), ("mf", "text"), ("hybrid_det", "text"), ("hybrid_soft", "text"),
           ("qtype", "qtype"), ("cascade", "text")]
 
@@ -103,6 +105,17 @@ def test_learns_planted_signal(data, fitted, name, signal):
     best = apgr(fitted("oracle_curve", signal), te)
     assert best > 0.6
     assert apgr(fitted(name, signal), te) >= 0.5 + 0.8 * (best - 0.5)
+
+
+def test_pixel_free_baselines_ignore_the_thumbnail(data, fitted):
+    """mlp_signals and Hybrid-LLM never read the thumbnail's pixels: scrambling them changes nothing."""
+    _, te, _ = data["qtype"]
+    pix = slice(len(FEATURE_NAMES) - len(PIXEL_FEATURES), None)
+    noisy = dataclasses.replace(te, x=te.x.copy())
+    noisy.x[:, pix] = np.random.default_rng(5).normal(size=noisy.x[:, pix].shape) * 10
+    for name in ("mlp_signals", "hybrid_det"):
+        b = fitted(name, "qtype")
+        np.testing.assert_allclose(b.edge_score(noisy)[0], b.edge_score(te)[0], atol=1e-6)
 
 
 def test_image_only_router_cannot_see_a_text_signal(data, fitted):

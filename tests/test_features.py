@@ -54,13 +54,15 @@ def test_names_and_shapes():
 
 def test_thumbnail_is_exposure_normalised_and_row_major():
     """A 64 px image: left half red (200, 0, 0), right half blue (0, 0, 100). The 32 px thumbnail keeps
-    the layout (row-major, RGB per pixel), divided by the brightest value (200); dimming the image by
-    half changes nothing."""
+    the layout (channel-first: R plane, G plane, B plane, each row-major), divided by the brightest value
+    (200); dimming the image by half changes nothing."""
     a = np.zeros((64, 64, 3), np.uint8)
     a[:, :32, 0], a[:, 32:, 2] = 200, 100
-    t = F.thumbnail(Image.fromarray(a)).reshape(F.THUMBNAIL_SIDE, F.THUMBNAIL_SIDE, 3)
-    np.testing.assert_allclose(t[:, :16], np.broadcast_to([1.0, 0.0, 0.0], (32, 16, 3)))
-    np.testing.assert_allclose(t[:, 16:], np.broadcast_to([0.0, 0.0, 0.5], (32, 16, 3)))
+    t = F.thumbnail(Image.fromarray(a)).reshape(3, F.THUMBNAIL_SIDE, F.THUMBNAIL_SIDE)
+    assert F.PIXEL_FEATURES[0] == "pixel_r_00_00" and F.PIXEL_FEATURES[F.THUMBNAIL_SIDE] == "pixel_r_01_00"
+    np.testing.assert_allclose(t[0, :, :16], 1.0)
+    np.testing.assert_allclose(t[2, :, 16:], 0.5)
+    assert not t[1].any() and not t[0, :, 16:].any() and not t[2, :, :16].any()
     dim = F.thumbnail(Image.fromarray(a // 2))
     np.testing.assert_allclose(dim, t.ravel())
     assert not F.thumbnail(Image.new("RGB", (5, 3))).any()  # black stays 0, no division by zero

@@ -72,10 +72,10 @@ def blob_split(n, seed):
 
     rng = np.random.default_rng(seed)
     s = synthetic(n, seed)
-    img = np.zeros((n, S, S, 3), np.float32)
+    img = np.zeros((n, 3, S, S), np.float32)  # channel-first, as PIXEL_FEATURES
     red = rng.random(n) < 0.5
     for i, (y, x) in enumerate(rng.integers(0, S - 6, (n, 2))):
-        img[i, y:y + 6, x:x + 6, 0 if red[i] else 1] = 1.0
+        img[i, 0 if red[i] else 1, y:y + 6, x:x + 6] = 1.0
     s.x[:, -len(PIXEL_FEATURES):] = img.reshape(n, -1)
     s.score[:, 0] = red
     return s
