@@ -73,10 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("router_training").setLevel(logging.INFO)
+    from PIL import Image
+
     try:
         return _run(args)
-    except (ValueError, OSError) as e:  # bad input (config, files, images, artifacts): a message, not a traceback
+    # bad input (config, files, images, artifacts): a message, not a traceback; DecompressionBombError
+    # (an image over Pillow's pixel limit) is neither a ValueError nor an OSError
+    except (ValueError, OSError, KeyError, Image.DecompressionBombError) as e:
         print(f"router-train: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # a runtime-only install running a training stage
+        print(f"router-train: {e}; `{args.command}` needs the training dependencies: "
+              f"pip install 'router-training[train]' (the runtime alone needs numpy, pillow, onnxruntime)",
+              file=sys.stderr)
         return 2
 
 

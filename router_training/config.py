@@ -203,6 +203,9 @@ class RouterConfig:
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"router.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        e = self.image_embedding
+        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+            raise ValueError(f"router.image_embedding must be an integer >= 0 (0: no thumbnail CNN), got {e!r}")
 
 
 @dataclass
@@ -307,7 +310,8 @@ FEATURE_GROUPS = ("image", "text", "words", "thumbnail")
 SEARCH_MODES = ("single", "multi")
 SEARCH_SAMPLERS = ("tpe", "nsga2", "random")
 SEARCH_PRUNERS = ("none", "median", "percentile", "hyperband", "successive_halving", "threshold")
-_INT_PARAMS = {"epochs": 1, "batch_size": 1, "hidden_width": 1, "depth": 0, "seed": 0}  # name -> lowest value
+_INT_PARAMS = {"epochs": 1, "batch_size": 1, "hidden_width": 1, "depth": 0, "seed": 0,  # name -> lowest value
+               "image_embedding": 0}
 
 
 def default_search_space() -> dict:
@@ -414,7 +418,7 @@ class SearchConfig:
     - ``space``: parameter -> distribution, ``{float: [low, high], log: bool, step: x}``,
       ``{int: [low, high], log, step}`` or ``{categorical: [choices]}``. Parameters: RouterConfig fields
       (lr, weight_decay, dropout, epochs, batch_size, lambda_latency, lambda_energy, label_smoothing,
-      cost_weight, temperature), ``hidden_width`` and ``depth`` (hidden = [hidden_width] * depth),
+      cost_weight, temperature, image_embedding), ``hidden_width`` and ``depth`` (hidden = [hidden_width] * depth),
       ``feature_groups`` (categorical over "+"-joined subsets of "image", "text" (hand-crafted question
       signals), "words" (the hashed words the router learns embeddings for) and "thumbnail" (the pixels its
       CNN embeds): the other groups' feature columns are masked) and ``threshold`` (the edge models' decision threshold: searched in multi

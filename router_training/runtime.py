@@ -90,14 +90,21 @@ class Router:
             if not p.is_file():
                 raise FileNotFoundError(f"router artifact incomplete: {p} missing (run `router-train export`)")
         manifest = json.loads(manifest_path.read_text())
+        missing = [k for k in ("onnx_sha256", "features", "models", "profile", "decision") if k not in manifest]
+        if missing:
+            raise ValueError(f"{manifest_path}: no {', '.join(missing)}; not a router-training manifest "
+                             "(re-export the router with `router-train export`)")
         digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
         if digest != manifest["onnx_sha256"]:
             raise ValueError(f"{onnx_path}: sha256 {digest} does not match the manifest; re-export the router")
-        if (manifest["features"].get("version") != features.FEATURE_VERSION
-                or list(manifest["features"]["names"]) != list(features.FEATURE_NAMES)):
-            raise ValueError(f"the artifact was trained on other features (version "
-                             f"{manifest['features'].get('version')}) than this runtime computes (version "
-                             f"{features.FEATURE_VERSION}); re-export it with this version of router-training")
+        version = manifest["features"].get("version")
+        if version != features.FEATURE_VERSION:
+            raise ValueError(f"the artifact was trained on other features (version {version}) than this runtime "
+                             f"computes (version {features.FEATURE_VERSION}); re-export it with this version of "
+                             "router-training")
+        if list(manifest["features"].get("names", [])) != list(features.FEATURE_NAMES):
+            raise ValueError(f"the artifact's feature names differ from this runtime's (both version {version}); "
+                             "the manifest was edited or written by other code: re-export the router")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         return cls(manifest, ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"]))

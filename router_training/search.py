@@ -134,8 +134,9 @@ def masked(split: fit.SplitArrays, mask: np.ndarray) -> fit.SplitArrays:
 def ignore_masked_inputs(module: fit.RouterModule, mask: np.ndarray) -> fit.RouterModule:
     """Make the router ignore the masked-out feature columns whatever values the runtime computes for
     them: it was trained on constant zeros there, so the MLP's first-layer weights on masked signal
-    columns are zeroed, and a masked thumbnail's CNN embedding is replaced by the constant it had in
-    training (the embedding of an all-zero thumbnail, folded into the first layer's bias)."""
+    columns are zeroed; a masked thumbnail's CNN is removed, its embedding replaced by the constant it
+    had in training (the embedding of an all-zero thumbnail, folded into the first layer's bias), so the
+    exported router does not run a CNN whose output nothing reads."""
     import torch
 
     net = module.net
@@ -145,8 +146,10 @@ def ignore_masked_inputs(module: fit.RouterModule, mask: np.ndarray) -> fit.Rout
         first.weight[:, :n][:, torch.from_numpy(~mask[:n])] = 0.0
         if net.cnn is not None and not mask[n:].any():
             emb = net.cnn(torch.zeros(1, 3, THUMBNAIL_SIDE, THUMBNAIL_SIDE))[0]
-            first.bias += first.weight[:, n:] @ emb
-            first.weight[:, n:] = 0.0
+            folded = torch.nn.Linear(n, first.out_features)
+            folded.weight.copy_(first.weight[:, :n])
+            folded.bias.copy_(first.bias + first.weight[:, n:] @ emb)
+            net.mlp[0], net.cnn = folded, None
     return module
 
 

@@ -215,3 +215,10 @@ def test_guarantee_section_is_validated(bad, match):
         TuneConfig(guarantee=bad)
     g = TuneConfig(guarantee={"eps": 0.02}).guarantee
     assert (g.eps, g.delta, g.transform, g.resplits) == (0.02, 0.1, "clip", 200)
+
+
+@pytest.mark.parametrize("bad", [-1, "16", 2.5, True])
+def test_image_embedding_must_be_a_non_negative_integer(bad):
+    with pytest.raises(ValueError, match="router.image_embedding must be an integer >= 0"):
+        C.RouterConfig(image_embedding=bad)
+    assert C.RouterConfig(image_embedding=0).image_embedding == 0

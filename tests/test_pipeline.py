@@ -56,6 +56,11 @@ def test_export_parity_and_dynamic_batch(tiny_run):
     x = splits["router-test"].x
     for n in (1, 7, 33):
         np.testing.assert_allclose(router.predict(x[:n]), pipeline.predict(module, spec, x[:n]), atol=1e-5)
+    import onnx
+
+    graph = onnx.load(str(cfg.path("export") / "router.onnx"))
+    assert "Conv" in {n.op_type for n in graph.graph.node} | {n.op_type for f in graph.functions for n in f.node}
+    assert module.net.cnn is not None  # the default router embeds the thumbnail
     m = router.manifest
     assert m["features"]["names"] == list(__import__("router_training.features").features.FEATURE_NAMES)
     assert [x["name"] for x in m["models"]] == cfg.model_names
@@ -75,6 +80,29 @@ def test_tampered_artifact_is_rejected(tiny_run, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="other features"):
         Router.load(tmp_path)
+    m["features"]["version"] += 1
+    m["features"]["names"] = m["features"]["names"][::-1]  # same version, other names
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="feature names differ"):
+        Router.load(tmp_path)
+    del m["onnx_sha256"]
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="no onnx_sha256"):
+        Router.load(tmp_path)
+
+
+def test_route_cli_refuses_an_image_over_pillows_pixel_limit(tiny_run, monkeypatch, capsys):
+    from PIL import Image
+
+    from router_training.cli import main
+
+    cfg, _ = tiny_run
+    image = cfg.workdir / "big.png"
+    Image.new("L", (400, 400)).save(image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100 // 2)  # 160,000 px > 2 x limit: an error
+    assert main(["route", "--artifact", str(cfg.path("export")), "--image", str(image), "--question", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("router-train: DecompressionBombError") and len(err.strip().splitlines()) == 1
 
 
 def test_route_cli_runs_without_torch(tiny_run):

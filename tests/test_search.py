@@ -164,6 +164,8 @@ def test_search_section_from_yaml_files():
     ({"lr": [1e-4, 1e-2]}, "expected a mapping"),
     ({"lr": {"float": [1e-4, 1e-2], "int": [1, 2]}}, "exactly one of"),
     ({"depth": {"float": [1, 3]}}, "is an integer"),
+    ({"image_embedding": {"float": [4.0, 8.0]}}, "is an integer"),
+    ({"image_embedding": {"int": [-4, 16]}}, "image_embedding"),
     ({"depth": {"int": [1.5, 3]}}, "int bounds must be integers"),
     ({"feature_groups": {"categorical": ["image", "audio"]}}, "subset of"),
     ({"feature_groups": {"float": [0, 1]}}, "feature_groups takes"),
@@ -362,6 +364,12 @@ def test_feature_groups_mask_what_the_exported_router_sees(byod, tmp_path):
     shuffled[:, img] = np.random.default_rng(0).normal(size=(len(x), img.sum())) * 50
     np.testing.assert_allclose(router.predict(shuffled), router.predict(x), atol=1e-6)
     assert out["export"]["same_decisions"]
+    import onnx
+
+    graph = onnx.load(str(cfg.path("export") / "router.onnx"))
+    ops = {n.op_type for n in graph.graph.node} | {n.op_type for f in graph.functions for n in f.node}
+    assert "Gemm" in ops or "MatMul" in ops
+    assert "Conv" not in ops  # the masked thumbnail's CNN is not exported
 
 
 # ---------------------------------------------------------------------------------------------------
