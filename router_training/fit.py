@@ -86,8 +86,8 @@ class RouterNet(nn.Module):
 
     With ``n_pixels`` > 0 the last ``n_pixels`` columns are the THUMBNAIL_SIDE x THUMBNAIL_SIDE RGB
     thumbnail (``features.PIXEL_FEATURES``): a small CNN (three 3x3 convolutions of 8, 16 and
-    ``image_embedding`` channels with ReLU, 2x2 max pooling after the first two, global max pooling) embeds it and
-    the MLP sees the other columns ++ that learned image embedding. Convolutions and global pooling
+    ``image_embedding`` channels with ReLU, 2x2 max pooling after the first two, global max pooling)
+    embeds it and the MLP sees the other columns ++ that learned image embedding. Convolutions and global pooling
     recognise a shape or colour wherever it lies, which an MLP on the raw pixels cannot learn from a
     few thousand questions. ``image_embedding`` 0 drops the thumbnail columns."""
 
