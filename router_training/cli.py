@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     # bad input (config, files, images, artifacts): a message, not a traceback; DecompressionBombError
     # (an image over Pillow's pixel limit) is neither a ValueError nor an OSError
-    except (ValueError, OSError, KeyError, Image.DecompressionBombError) as e:
+    except (ValueError, OSError, Image.DecompressionBombError) as e:
         print(f"router-train: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # a runtime-only install running a training stage

@@ -418,11 +418,12 @@ class SearchConfig:
     - ``space``: parameter -> distribution, ``{float: [low, high], log: bool, step: x}``,
       ``{int: [low, high], log, step}`` or ``{categorical: [choices]}``. Parameters: RouterConfig fields
       (lr, weight_decay, dropout, epochs, batch_size, lambda_latency, lambda_energy, label_smoothing,
-      cost_weight, temperature, image_embedding), ``hidden_width`` and ``depth`` (hidden = [hidden_width] * depth),
-      ``feature_groups`` (categorical over "+"-joined subsets of "image", "text" (hand-crafted question
-      signals), "words" (the hashed words the router learns embeddings for) and "thumbnail" (the pixels its
-      CNN embeds): the other groups' feature columns are masked) and ``threshold`` (the edge models' decision threshold: searched in multi
-      mode even when not listed; listed in single mode, it replaces the sweep). Unlisted parameters keep
+      cost_weight, temperature, image_embedding), ``hidden_width`` and ``depth``
+      (hidden = [hidden_width] * depth), ``feature_groups`` (categorical over "+"-joined subsets of
+      "image", "text" (hand-crafted question signals), "words" (the hashed words the router learns
+      embeddings for) and "thumbnail" (the pixels its CNN embeds): the other groups' feature columns are
+      masked) and ``threshold`` (the edge models' decision threshold: searched in multi mode even when
+      not listed; listed in single mode, it replaces the sweep). Unlisted parameters keep
       the ``router`` section's values. Example (YAML)::
 
           space:

@@ -224,9 +224,10 @@ def _image_of(size: tuple[int, int], thumb: Image.Image, crop: Image.Image) -> n
 
 def thumbnail(image: Image.Image) -> np.ndarray:
     """The image as the router's CNN sees it, float32 shape (len(PIXEL_FEATURES),), order PIXEL_FEATURES
-    (channel-first: the R plane row by row, then G, then B): the ``analysis_views`` thumbnail resized to THUMBNAIL_SIDE x
-    THUMBNAIL_SIDE (box filter; the aspect ratio is not kept) with values divided by its brightest
-    channel value, so 0..1 whatever the exposure (brightness itself is an IMAGE_FEATURES column).
+    (channel-first: the R plane row by row, then G, then B): the ``analysis_views`` thumbnail resized
+    to THUMBNAIL_SIDE x THUMBNAIL_SIDE (box filter; the aspect ratio is not kept) with values divided by
+    its brightest channel value, so 0..1 whatever the exposure (brightness itself is an IMAGE_FEATURES
+    column).
     Raises ValueError for a 0-pixel image."""
     return _thumbnail_of(_views(image)[1])
 

@@ -99,12 +99,12 @@ def stage_features(cfg: Config) -> pd.DataFrame:
     if path.exists():
         return pd.read_parquet(path)
     ds = data.build_router_dataset(cfg)
-    image_parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    per_image: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # image_id -> (image features, thumbnail)
     rows = []
     for r in tqdm(ds, desc="features", unit="q"):
-        if r["image_id"] not in image_parts:
-            image_parts[r["image_id"]] = features.image_parts(r["image"])
-        img, pixels = image_parts[r["image_id"]]
+        if r["image_id"] not in per_image:
+            per_image[r["image_id"]] = features.image_parts(r["image"])
+        img, pixels = per_image[r["image_id"]]
         rows.append(np.concatenate([img, features.question_features(r["question"]), pixels]))
     df = pd.DataFrame(np.stack(rows), columns=list(features.FEATURE_NAMES))
     df.insert(0, "sample_id", ds["sample_id"])
