@@ -151,6 +151,26 @@ def best_edge(s: SplitArrays, tiers: Sequence[str]) -> int:
     return edge[int(np.argmax(s.score[:, edge].mean(0)))]
 
 
+CONFIDENCE_BASELINES = ("cascade", "combined")  # the baselines that read SplitArrays.confidence
+
+
+def confidence_left_out(tiers: Sequence[str], train: SplitArrays, *splits: SplitArrays) -> dict[str, int]:
+    """The confidence baselines that cannot run: name -> index of the edge model whose confidence
+    (``SplitArrays.confidence``, NaN where a model's outcomes carry none) has a NaN on ``train`` or any
+    of ``splits``. ``cascade`` reads router-train's best edge model (``best_edge(train)``); ``combined``
+    reads every edge model a router may keep queries on, so it is left out when any edge model lacks
+    confidence (the best edge model named first). Empty when every edge model has confidences."""
+    edge = [k for k, t in enumerate(tiers) if t == "edge"]
+    gaps = [k for k in edge if any(np.isnan(np.asarray(s.confidence[:, k], dtype=np.float64)).any()
+                                   for s in (train, *splits))]
+    if not gaps:
+        return {}
+    first = best_edge(train, tiers)
+    out = {"cascade": first} if first in gaps else {}
+    out["combined"] = first if first in gaps else gaps[0]
+    return out
+
+
 def _one_hot(idx: np.ndarray, k: int) -> np.ndarray:
     out = np.zeros((len(idx), k))
     out[np.arange(len(idx)), idx] = 1.0
@@ -881,10 +901,15 @@ def compare(train: SplitArrays, split: SplitArrays, ctx: Context, names: Sequenc
     """Fit each baseline on ``train`` and sweep it on ``split``: name -> {"points": sweep dicts,
     "summary": ``summary``, "fit_s": seconds}. ``names`` default: every registered baseline, less the
     text ones when ``ctx.questions`` is None. ``options``: name -> options for ``make``. ``fitted``: a
-    dict that receives name -> the fitted Baseline (to route with it again)."""
+    dict that receives name -> the fitted Baseline (to route with it again). The confidence baselines
+    are skipped (never fitted on NaN) where ``confidence_left_out(ctx.tiers, train, split)`` names them."""
     names = available(ctx) if names is None else names
+    skip = confidence_left_out(ctx.tiers, train, split)
     out = {}
     for nm in names:
+        if nm in skip:
+            log.info("baseline %s left out: edge model %d has no confidence", nm, skip[nm])
+            continue
         t0 = time.perf_counter()
         b = make(nm, **(options or {}).get(nm, {})).fit(train, ctx)
         fit_s = time.perf_counter() - t0

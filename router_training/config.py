@@ -9,6 +9,8 @@ work directory chosen at run time (``--workdir``, default the current directory)
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +34,9 @@ def _build(cls, d: dict, where: str):
 
 
 DATASET_KINDS = ("easyvqa", "hf", "folder")
-# our column -> required?  (``columns`` maps these names to the dataset's own)
-DATASET_COLUMNS = {"image": True, "question": True, "answers": True,
+# our column -> required?  (``columns`` maps these names to the dataset's own). answers are optional:
+# a question without one is scored by the grades in its models' outcome files (``outcomes.replay``)
+DATASET_COLUMNS = {"image": True, "question": True, "answers": False, "options": False,
                    "question_type": False, "image_id": False, "sample_id": False}
 # low light, blur and downscaling separate the edge models from the cloud one; JPEG and colour casts
 # barely hurt any model (measured: README, "accuracy by degradation")
@@ -43,6 +46,7 @@ EASYVQA_DEGRADATIONS = {"clean": 0.2, "blur": 0.18, "low_light": 0.36, "downscal
 _KIND_KEYS = {"path": ("hf",), "name": ("hf",), "split": ("hf",), "data_files": ("hf",), "revision": ("hf",),
               "images": ("hf",), "columns": ("hf", "folder"), "images_dir": ("folder",),
               "questions": ("folder",), "limit_train_images": ("easyvqa",)}
+SCORERS = ("vqa", "exact", "mc", "numeric", "given")  # scoring.SCORERS (config stays free of scoring imports)
 # data_files with one of these builders as ``path`` are resolved by datasets against the current directory
 _BUILDERS = ("parquet", "json", "csv", "arrow", "text", "imagefolder", "webdataset", "pandas")
 
@@ -69,7 +73,15 @@ class DatasetConfig:
       question_id and question_type; ``columns`` renames those keys (sample_id is question_id).
 
     For ``hf`` and ``folder`` the default degradations are none ({"clean": 1.0}): real data brings its
-    own conditions. Relative local paths are resolved against the folder of the config file naming them.
+    own conditions. Relative local paths are resolved against the folder of the config file naming them;
+    ``${VAR}`` in a path is the environment variable VAR (an unset one is an error naming it).
+
+    ``scorer``: how an answer is graded against the references (``scoring.score``): "vqa" (VQAv2
+    accuracy, the default), "exact", "mc" (multiple choice, with an ``options`` column), "numeric"
+    (relative tolerance ``numeric_rel_tol``) or "given" (only the outcome files' own grades).
+    ``split_by``: the column whose groups never straddle two router splits (default ``image_id``; e.g.
+    the template or image group a question was generated from); for ``hf`` and ``folder`` any column of
+    the data, for ``easyvqa`` only ``image_id``.
     """
 
     kind: str = "easyvqa"
@@ -90,10 +102,19 @@ class DatasetConfig:
     # kind "folder"
     images_dir: str | None = None
     questions: str | None = None
+    scorer: str = "vqa"
+    numeric_rel_tol: float = 1e-4
+    split_by: str = "image_id"
 
     def __post_init__(self):
         if self.kind not in DATASET_KINDS:
             raise ValueError(f"dataset.kind must be one of {DATASET_KINDS}, got {self.kind!r}")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"dataset.scorer must be one of {SCORERS}, got {self.scorer!r}")
+        if not isinstance(self.split_by, str) or not self.split_by:
+            raise ValueError(f"dataset.split_by must be a column name, got {self.split_by!r}")
+        if self.kind == "easyvqa" and self.split_by != "image_id":
+            raise ValueError("dataset.split_by: easy-VQA splits by image_id only")
         if self.degradations is None:
             self.degradations = dict(EASYVQA_DEGRADATIONS) if self.kind == "easyvqa" else {"clean": 1.0}
         for key, kinds in _KIND_KEYS.items():
@@ -130,6 +151,7 @@ class DatasetConfig:
         them): folder paths, an hf ``path`` that exists under ``base``, and ``data_files`` read by a
         builder ("parquet", "json", ...). Hub names and files inside a hub repository stay as they are."""
         def local(p):
+            p = expand_env(p, "dataset")
             return p if Path(p).is_absolute() else str((base / p).resolve())
 
         if self.kind == "folder":
@@ -143,6 +165,21 @@ class DatasetConfig:
                 spec["data_files"] = _map_files(spec["data_files"], local)
 
 
+_ENV = re.compile(r"\$\{(\w+)\}")
+
+
+def expand_env(path: str, where: str) -> str:
+    """``path`` with each ``${VAR}`` replaced by the environment variable VAR. Raises ValueError naming
+    the variable and ``where`` when it is unset or empty."""
+    def sub(m):
+        v = os.environ.get(m.group(1))
+        if not v:
+            raise ValueError(f"{where}: path {path!r} needs the environment variable {m.group(1)} (unset); "
+                             f"set it, e.g. `export {m.group(1)}=/path/to/the/folder`")
+        return v
+    return _ENV.sub(sub, path)
+
+
 def _map_files(files, fn):
     if isinstance(files, str):
         return fn(files)
@@ -151,28 +188,52 @@ def _map_files(files, fn):
     return [fn(f) for f in files]
 
 
+REPLAY_OPTIONS = ("path", "columns", "model_column", "model_value")
+# outcomes.REPLAY_COLUMNS (our names a replay file's columns map to)
+REPLAY_COLUMN_NAMES = ("sample_id", "answer", "score", "correct", "confidence", "compute_s", "payload_bytes")
+
+
 @dataclass
 class ModelConfig:
-    """One candidate model: a name, its tier (edge or cloud), a backend and backend options."""
+    """One candidate model: a name, its tier (edge or cloud), a backend and backend options.
+
+    ``compute_s`` (s per query) and ``compute_source`` (where that figure comes from: a published
+    throughput, your own measurement): the model's compute time when its outcomes carry none (a replay
+    file without a compute_s column, or with empty cells). A replayed model with neither is an error
+    naming it: costs are never silently 0. Figures from this field are marked as configured in reports.
+
+    backend ``replay`` options: ``path`` (JSONL, CSV or Parquet), ``columns`` (our name -> the file's,
+    for sample_id, answer, score, correct, confidence, compute_s, payload_bytes), and for a long file
+    holding every model's rows ``model_column`` (the column naming the model) with ``model_value``
+    (this model's value there; default the model's ``name``)."""
 
     name: str
     tier: str
     backend: str = "reference"
     options: dict = field(default_factory=dict)
+    compute_s: float | None = None
+    compute_source: str | None = None
 
     def __post_init__(self):
         if self.tier not in TIERS:
             raise ValueError(f"model {self.name!r}: tier must be one of {TIERS}, got {self.tier!r}")
+        c = self.compute_s
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0):
+            raise ValueError(f"model {self.name!r}: compute_s must be a number of seconds >= 0, got {c!r}")
+        if c is not None and not self.compute_source:
+            raise ValueError(f"model {self.name!r}: compute_s {c} needs compute_source (where the figure comes "
+                             "from, e.g. 'measured on our Jetson, 2026-11' or a published throughput)")
         if self.backend == "replay":  # outcomes from a file (``outcomes.replay``), no model is run
-            unknown = set(self.options) - {"path", "columns"}
+            unknown = set(self.options) - set(REPLAY_OPTIONS)
             cols = self.options.get("columns") or {}
-            ours = {"sample_id", "answer", "score", "confidence", "compute_s", "payload_bytes"}
-            unknown |= (set(cols) - ours) if isinstance(cols, dict) else {"columns"}
+            unknown |= (set(cols) - set(REPLAY_COLUMN_NAMES)) if isinstance(cols, dict) else {"columns"}
             if unknown or not self.options.get("path"):
-                raise ValueError(f"model {self.name!r}: backend 'replay' takes options {{path, columns}} "
+                raise ValueError(f"model {self.name!r}: backend 'replay' takes options {list(REPLAY_OPTIONS)} "
                                  f"(path: a JSONL, CSV or Parquet file of per-sample outcomes; columns: our "
-                                 f"name -> theirs for sample_id, answer, score, confidence, compute_s, "
-                                 f"payload_bytes), got {self.options}")
+                                 f"name -> theirs for {', '.join(REPLAY_COLUMN_NAMES)}; model_column / "
+                                 f"model_value: the rows of this model in a file of all models), got {self.options}")
+            if "model_value" in self.options and "model_column" not in self.options:
+                raise ValueError(f"model {self.name!r}: replay option model_value needs model_column")
         if self.backend == "reference":  # options of reference.train_reference, checked before any training
             allowed = {"arch", "epochs", "lr", "hidden", "image_size", "batch_images", "augment_p", "augment",
                        "augment_max_severity", "init"}
@@ -198,9 +259,13 @@ class RouterConfig:
     temperature: float = 0.1
     label_smoothing: float = 0.0  # BCE targets s * (1 - eps) + eps / 2
     image_embedding: int = 16  # width of the CNN embedding of the thumbnail (fit.RouterNet); 0: no thumbnail
+    patience: int = 10  # early stopping: epochs without a better val_loss before training stops; 0: off
     seed: int = 0
 
     def __post_init__(self):
+        p = self.patience
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise ValueError(f"router.patience must be an integer >= 0 (0: no early stopping), got {p!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"router.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         e = self.image_embedding
@@ -237,8 +302,11 @@ class GuaranteeConfig:
 
 @dataclass
 class TuneConfig:
-    """Threshold search on router-val: keep ``min_cloud_accuracy_ratio`` of all-cloud accuracy and
-    minimise ``minimize`` ("latency" or "energy").
+    """Threshold search on router-val: keep ``min_cloud_accuracy_ratio`` of all-cloud accuracy (or, with
+    ``max_accuracy_drop``, lose at most that many accuracy points as a fraction: 0.01 = one point below
+    all-cloud; it replaces the ratio) and minimise ``minimize`` ("latency" or "energy"). When no trial
+    meets the target, every query goes to the most accurate cloud model on router-val and the report
+    says so at its top.
 
     With ``guarantee`` (a mapping of GuaranteeConfig fields, e.g. ``{eps: 0.01, delta: 0.1}``) the
     Optuna search is replaced by Learn-then-Test calibration on router-val: the lambdas stay the router
@@ -247,12 +315,23 @@ class TuneConfig:
     exchangeability assumption, ``guarantee.py``)."""
 
     n_trials: int = 300
-    min_cloud_accuracy_ratio: float = 0.99
+    min_cloud_accuracy_ratio: float | None = None  # None: 0.99 unless max_accuracy_drop is given
+    max_accuracy_drop: float | None = None
     minimize: str = "latency"
     seed: int = 0
     guarantee: GuaranteeConfig | None = None
 
     def __post_init__(self):
+        r, d = self.min_cloud_accuracy_ratio, self.max_accuracy_drop
+        if r is not None and d is not None:
+            raise ValueError("tune: give min_cloud_accuracy_ratio or max_accuracy_drop, not both")
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 2):
+            raise ValueError(f"tune.min_cloud_accuracy_ratio must be a number in (0, 2], got {r!r}")
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1):
+            raise ValueError(f"tune.max_accuracy_drop must be a fraction in [0, 1) (0.01 = one accuracy point), "
+                             f"got {d!r}")
+        if r is None and d is None:
+            self.min_cloud_accuracy_ratio = 0.99
         if self.minimize not in ("latency", "energy"):
             raise ValueError(f"tune.minimize must be 'latency' or 'energy', got {self.minimize!r}")
         if isinstance(self.guarantee, dict):
@@ -260,6 +339,18 @@ class TuneConfig:
         elif self.guarantee is not None and not isinstance(self.guarantee, GuaranteeConfig):
             raise ValueError(f"tune.guarantee must be a mapping such as {{eps: 0.01, delta: 0.1}}, got "
                              f"{self.guarantee!r}")
+
+    def accuracy_floor(self, cloud_accuracy: float) -> float:
+        """The least accuracy (a fraction) that meets the target, given all-cloud's ``cloud_accuracy``."""
+        if self.max_accuracy_drop is not None:
+            return cloud_accuracy - self.max_accuracy_drop
+        return self.min_cloud_accuracy_ratio * cloud_accuracy
+
+    def target_text(self) -> str:
+        """The target in words, e.g. "97% of all-cloud accuracy" or "at most 1 point below all-cloud"."""
+        if self.max_accuracy_drop is not None:
+            return f"at most {100 * self.max_accuracy_drop:g} accuracy points below all-cloud"
+        return f"{100 * self.min_cloud_accuracy_ratio:g}% of all-cloud accuracy"
 
 
 @dataclass
@@ -528,7 +619,19 @@ def _part(value, base: Path):
     return value, base
 
 
-SECTIONS = ("name", "dataset", "models", "profile", "router", "tune", "collect", "search")
+SECTIONS = ("name", "dataset", "models", "profile", "router", "tune", "collect", "search", "outcomes")
+
+
+def _outcomes_defaults(section, base: Path) -> dict:
+    """The ``outcomes`` section: one file of every model's outcomes ({path, model_column, columns}),
+    replayed for each model that gives no backend of its own."""
+    if not isinstance(section, dict) or not section.get("path") or not section.get("model_column"):
+        raise ValueError("outcomes: expected {path: FILE, model_column: COLUMN, columns: {...}} (one file holding "
+                         f"every model's rows, the model named in COLUMN), got {section!r}")
+    unknown = set(section) - {"path", "model_column", "columns"}
+    if unknown:
+        raise ValueError(f"outcomes: unknown keys {sorted(unknown)}; allowed: ['columns', 'model_column', 'path']")
+    return dict(section)
 
 
 def from_dict(d: dict, base: Path = Path("."), workdir: Path | str = ".") -> Config:
@@ -547,10 +650,18 @@ def from_dict(d: dict, base: Path = Path("."), workdir: Path | str = ".") -> Con
         models = models.get("models", models)
     if not models:
         raise ValueError("config: models is empty; list at least one edge and one cloud model")
+    if d.get("outcomes") is not None:  # models without a backend replay the shared outcome file
+        shared = _outcomes_defaults(d["outcomes"], base)
+        models = [m if not isinstance(m, dict) or "backend" in m else
+                  {**m, "backend": "replay", "options": {**shared, "model_value": m.get("name"), **m.get("options", {})}}
+                  for m in models]
     model_cfgs = [_build(ModelConfig, m, f"models[{i}]") for i, m in enumerate(models)]
     for m in model_cfgs:
-        if m.backend == "replay" and not Path(m.options["path"]).is_absolute():
-            m.options = {**m.options, "path": str((mbase / m.options["path"]).resolve())}
+        if m.backend == "replay":
+            path = expand_env(m.options["path"], f"model {m.name!r}")
+            shared_file = d.get("outcomes") is not None and m.options.get("path") == d["outcomes"].get("path")
+            root = base if shared_file else mbase
+            m.options = {**m.options, "path": path if Path(path).is_absolute() else str((root / path).resolve())}
     if len({m.name for m in model_cfgs}) != len(model_cfgs):
         raise ValueError("config: model names must be unique")
     if "cloud" not in {m.tier for m in model_cfgs}:

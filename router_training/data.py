@@ -4,10 +4,13 @@ splits (router-train / router-val / router-test) made from it the same way for e
 easy-VQA also the clean training split for the reference models.
 
 Row schema (one row per question): ``sample_id`` str, ``image_id`` str, ``image`` PIL image,
-``question`` str, ``answers`` list[str] (one or more reference answers; ten human answers score with
-the VQA leave-one-out accuracy), ``question_type`` str (the dataset's own, or ``features.question_type``
-when it has none); router splits add ``split`` str, ``degradation`` str and ``severity`` float (for
-analysis only, never router features).
+``question`` str (may be empty when the image carries the question: counted and warned about),
+``answers`` list[str] (reference answers; ten human answers score with the VQA leave-one-out accuracy;
+empty when the question is scored only by the grades in its models' outcome files), ``options``
+list[str] (multiple-choice option texts, else empty), ``question_type`` str (the dataset's own, or
+``features.question_type`` when it has none), ``group`` str (the ``dataset.split_by`` value: a group
+never straddles two router splits); router splits add ``split`` str, ``degradation`` str and
+``severity`` float (for analysis only, never router features).
 """
 
 from __future__ import annotations
@@ -34,14 +37,15 @@ from .features import question_type
 log = logging.getLogger(__name__)
 
 # the columns of a base dataset, in order
-BASE_COLUMNS = ("sample_id", "image_id", "image", "question", "answers", "question_type")
+BASE_COLUMNS = ("sample_id", "image_id", "image", "question", "answers", "options", "question_type", "group")
 _BASE_FEATURES = datasets.Features({
     "sample_id": datasets.Value("string"), "image_id": datasets.Value("string"),
     "image": datasets.Image(decode=False), "question": datasets.Value("string"),
-    "answers": datasets.List(datasets.Value("string")), "question_type": datasets.Value("string")})
+    "answers": datasets.List(datasets.Value("string")), "options": datasets.List(datasets.Value("string")),
+    "question_type": datasets.Value("string"), "group": datasets.Value("string")})
 # folder kind: JSONL keys read by default (our name -> key); ``columns`` overrides them
-FOLDER_KEYS = {"image": "image", "question": "question", "answers": "answers", "sample_id": "question_id",
-               "question_type": "question_type"}
+FOLDER_KEYS = {"image": "image", "question": "question", "answers": "answers", "options": "options",
+               "sample_id": "question_id", "question_type": "question_type"}
 
 
 def load_easyvqa(split: str, limit_images: int | None = None, seed: int = 0) -> datasets.Dataset:
@@ -68,7 +72,9 @@ def load_easyvqa(split: str, limit_images: int | None = None, seed: int = 0) -> 
         "image": [paths[image_ids[i]] for i in rows],
         "question": [texts[i] for i in rows],
         "answers": [[answers[i]] for i in rows],
+        "options": [[] for _ in rows],
         "question_type": [question_type(texts[i]) for i in rows],
+        "group": [f"easyvqa-{split}-img{image_ids[i]}" for i in rows],
     })
     return ds.cast_column("image", datasets.Image())
 
@@ -126,20 +132,18 @@ def _ids(ds: datasets.Dataset, columns: dict, ours: str, where: str) -> list[str
     return [str(v) for v in values]
 
 
-def _answers(value, spec: str, sid: str, where: str) -> list[str]:
+def _answers(value, spec: str, where: str, ours: str = "answers") -> list[str]:
+    """A cell of answers (or options) as a list of non-empty strings; [] when there are none (the
+    question is then scored by its outcome files' grades, ``outcomes.replay``)."""
     if value is None:
         value = []
     elif isinstance(value, (str, int, float, bool)):
         value = [value]
     elif isinstance(value, dict) or any(isinstance(v, dict) for v in value):
         keys = sorted(value if isinstance(value, dict) else next(v for v in value if isinstance(v, dict)))
-        raise ValueError(f"{where}: column {spec!r} holds records with fields {keys}; map answers to one "
-                         f"field, e.g. answers: {spec}.{'answer' if 'answer' in keys else keys[0]}")
-    out = [str(a).strip() for a in value if a is not None and str(a).strip()]
-    if not out:
-        raise ValueError(f"{where}: sample {sid!r} has no reference answers (column {spec!r} is empty); give "
-                         "every question at least one answer (a list or one string), or drop it from the data")
-    return out
+        raise ValueError(f"{where}: column {spec!r} holds records with fields {keys}; map {ours} to one "
+                         f"field, e.g. {ours}: {spec}.{'answer' if 'answer' in keys else keys[0]}")
+    return [str(a).strip() for a in value if a is not None and str(a).strip()]
 
 
 def _image_value(value, spec: str, sid: str, where: str) -> dict:
@@ -196,19 +200,25 @@ def _subset_images(image_ids: list[str], limit: int | None, seed: int) -> list[i
 
 def normalize(raw: datasets.Dataset, columns: dict, where: str, limit_images: int | None = None, seed: int = 0,
               images: datasets.Dataset | None = None, image_columns: dict | None = None,
-              cache_file: Path | None = None) -> datasets.Dataset:
+              cache_file: Path | None = None, split_by: str = "image_id") -> datasets.Dataset:
     """Base dataset (the row schema above) from ``raw``, whose columns ``columns`` maps (our name ->
-    theirs, dotted for nested fields; required: image (unless ``images``), question, answers).
+    theirs, dotted for nested fields; required: image (unless ``images``) and question; answers and
+    options optional).
 
     sample_id defaults to ``q<row>``, image_id to the image's file name or a hash of its bytes, and
-    question_type to ``features.question_type``. ``limit_images`` keeps a seeded subset of images.
-    ``images`` (with ``image_columns`` {image_id, image}) is a second dataset holding the images,
-    joined on image_id. Written to ``cache_file`` when given, else kept in memory.
+    question_type to ``features.question_type``. ``split_by``: "image_id" or a column of ``raw`` whose
+    value is each row's ``group``. ``limit_images`` keeps a seeded subset of images. ``images`` (with
+    ``image_columns`` {image_id, image}) is a second dataset holding the images, joined on image_id.
+    Written to ``cache_file`` when given, else kept in memory. Questions with an empty text or no
+    reference answer are kept and counted in a warning.
 
     Raises ValueError naming the column for a missing column (with the available ones) and naming the
-    sample for a row with no answers, no question, or a missing or unreadable image.
+    sample for a missing or unreadable image.
     """
     _check_columns(raw, columns, where)
+    if split_by != "image_id" and split_by not in raw.column_names:
+        raise ValueError(f"{where}: dataset.split_by {split_by!r} is not a column; available columns: "
+                         f"{raw.column_names}")
     for ours, req in DATASET_COLUMNS.items():
         if req and ours not in columns and not (ours == "image" and images is not None):
             raise ValueError(f"{where}: columns must map {ours!r} (our name: their column); "
@@ -234,6 +244,7 @@ def normalize(raw: datasets.Dataset, columns: dict, where: str, limit_images: in
         for batch in raw.select_columns([top]).iter(batch_size=256):
             image_ids += [_image_key(_image_value(v, img_spec, sample_ids[len(image_ids) + k], where))
                           for k, v in enumerate(batch[top])]
+    groups = image_ids if split_by == "image_id" else [str(v) for v in raw[split_by]]
     keep = _subset_images(image_ids, limit_images, seed)
     sub = raw.select(keep) if len(keep) < n else raw
 
@@ -265,13 +276,17 @@ def normalize(raw: datasets.Dataset, columns: dict, where: str, limit_images: in
                 checked[iid] = True
             imgs.append(img)
         qspec = columns["question"]
-        questions = [_dig(v, qspec.split(".")[1:], qspec, where) for v in batch[qspec.split(".")[0]]]
-        for sid, q in zip(sids, questions):
-            if q is None or not str(q).strip():
-                raise ValueError(f"{where}: sample {sid!r} has an empty question (column {qspec!r}); fix or drop it")
-        aspec = columns["answers"]
-        answers = [_answers(_dig(v, aspec.split(".")[1:], aspec, where), aspec, sid, where)
-                   for v, sid in zip(batch[aspec.split(".")[0]], sids)]
+        questions = ["" if q is None else str(q) for q in
+                     (_dig(v, qspec.split(".")[1:], qspec, where) for v in batch[qspec.split(".")[0]])]
+
+        def lists(ours):
+            spec = columns.get(ours)
+            if spec is None:
+                return [[] for _ in rows]
+            return [_answers(_dig(v, spec.split(".")[1:], spec, where), spec, where, ours)
+                    for v in batch[spec.split(".")[0]]]
+
+        answers, options = lists("answers"), lists("options")
         if "question_type" in columns:
             tspec = columns["question_type"]
             given = [_dig(v, tspec.split(".")[1:], tspec, where) for v in batch[tspec.split(".")[0]]]
@@ -279,15 +294,24 @@ def normalize(raw: datasets.Dataset, columns: dict, where: str, limit_images: in
             given = [None] * len(rows)
         qtypes = [str(t) if t not in (None, "") else question_type(str(q)) for t, q in zip(given, questions)]
         return {"sample_id": sids, "image_id": [image_ids[i] for i in rows], "image": imgs,
-                "question": [str(q).strip() for q in questions], "answers": answers, "question_type": qtypes}
+                "question": [q.strip() for q in questions], "answers": answers, "options": options,
+                "question_type": qtypes, "group": [groups[i] for i in rows]}
 
-    fingerprint = hashlib.sha1(json.dumps([sub._fingerprint, columns, image_columns, len(keep), where,
+    fingerprint = hashlib.sha1(json.dumps([sub._fingerprint, columns, image_columns, len(keep), where, split_by,
                                            images._fingerprint if images is not None else None],
                                           default=str).encode()).hexdigest()
     out = sub.map(convert, batched=True, batch_size=256, with_indices=True, remove_columns=sub.column_names,
                   features=_BASE_FEATURES, new_fingerprint=fingerprint, load_from_cache_file=False,
                   keep_in_memory=cache_file is None, cache_file_name=str(cache_file) if cache_file else None,
                   desc="reading questions")
+    empty = sum(not q for q in out["question"])
+    if empty:
+        log.warning("%s: %d of %d questions have an empty text (kept: the image must carry the question; the "
+                    "router then sees only image features and the report counts them)", where, empty, len(out))
+    unanswered = sum(not a for a in out["answers"])
+    if unanswered:
+        log.info("%s: %d of %d questions have no reference answer: they are scored by the grades (score or "
+                 "correct) in their models' outcome files", where, unanswered, len(out))
     return out.cast_column("image", datasets.Image())
 
 
@@ -317,14 +341,17 @@ def load_hf(dc: DatasetConfig, cache_file: Path | None = None) -> datasets.Datas
         images = _load_split(i.get("path") or dc.path, i.get("name"), i.get("split"), i.get("data_files"),
                              i.get("revision"), f"{where}: images")
         image_columns = i.get("columns")
-    return normalize(raw, dict(dc.columns), where, dc.limit_images, dc.seed, images, image_columns, cache_file)
+    return normalize(raw, dict(dc.columns), where, dc.limit_images, dc.seed, images, image_columns, cache_file,
+                     dc.split_by)
 
 
 def load_folder(dc: DatasetConfig, cache_file: Path | None = None) -> datasets.Dataset:
     """Base dataset for kind "folder": ``questions`` (JSONL: image file name under ``images_dir``,
-    question, answers as a list or one string, optional question_id and question_type; ``columns``
-    renames these keys) read into a ``datasets.Dataset`` with the image files as an Image column."""
+    question, optional answers (a list or one string), options (a list), question_id and question_type;
+    ``columns`` renames these keys; ``dataset.split_by`` may name any other key) read into a
+    ``datasets.Dataset`` with the image files as an Image column."""
     keys = {**FOLDER_KEYS, **dc.columns}
+    split_key = None if dc.split_by == "image_id" else dc.split_by
     qpath, root = Path(dc.questions), Path(dc.images_dir)
     where = f"dataset {qpath}"
     if not qpath.is_file():
@@ -332,6 +359,7 @@ def load_folder(dc: DatasetConfig, cache_file: Path | None = None) -> datasets.D
     if not root.is_dir():
         raise FileNotFoundError(f"dataset: images_dir {root} is not a folder")
     rows: dict[str, list] = {ours: [] for ours in keys}
+    group: list[str] = []
     with open(qpath, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -347,7 +375,7 @@ def load_folder(dc: DatasetConfig, cache_file: Path | None = None) -> datasets.D
                     raise ValueError(f"{qpath}:{lineno}: no key {theirs!r} (our {ours!r}); keys: {sorted(obj)}; "
                                      f"rename keys with dataset.columns")
                 v = obj.get(theirs)
-                if ours == "answers":
+                if ours in ("answers", "options"):
                     v = [v] if isinstance(v, (str, int, float)) else v
                     v = [str(a) for a in v if a is not None] if isinstance(v, list) else []
                 elif ours == "image":
@@ -355,6 +383,11 @@ def load_folder(dc: DatasetConfig, cache_file: Path | None = None) -> datasets.D
                 elif v is not None:
                     v = str(v)
                 rows[ours].append(v)
+            if split_key is not None:
+                if obj.get(split_key) in (None, ""):
+                    raise ValueError(f"{qpath}:{lineno}: no value for dataset.split_by key {split_key!r}; keys: "
+                                     f"{sorted(obj)}")
+                group.append(str(obj[split_key]))
     if not rows["question"]:
         raise ValueError(f"{where}: no questions in the file")
     has = {ours for ours, vals in rows.items() if any(v is not None for v in vals)}
@@ -362,9 +395,12 @@ def load_folder(dc: DatasetConfig, cache_file: Path | None = None) -> datasets.D
     if "image_id" not in table:  # images are files: their name under images_dir is the id
         table["image_id"] = list(rows["image"])
     table["image"] = [str(root / p) if p else None for p in rows["image"]]
-    raw = datasets.Dataset.from_dict(table, features=datasets.Features(
-        {k: datasets.List(datasets.Value("string")) if k == "answers" else datasets.Value("string") for k in table}))
-    return normalize(raw, {k: k for k in table}, where, dc.limit_images, dc.seed, cache_file=cache_file)
+    lists = ("answers", "options")
+    raw = datasets.Dataset.from_dict({**table, **({"group": group} if split_key else {})}, features=datasets.Features(
+        {k: datasets.List(datasets.Value("string")) if k in lists else datasets.Value("string")
+         for k in [*table, *(["group"] if split_key else [])]}))
+    return normalize(raw, {k: k for k in table}, where, dc.limit_images, dc.seed, cache_file=cache_file,
+                     split_by="group" if split_key else "image_id")
 
 
 def load_base(dc: DatasetConfig, cache_file: Path | None = None) -> datasets.Dataset:
@@ -404,8 +440,9 @@ def _image_seed(image_id: str) -> int:
 
 def router_splits(base: datasets.Dataset, splits: dict, degradations: dict, severity=(0.35, 1.0), seed: int = 0,
                   reencode_clean: bool = True, cache_file: Path | None = None) -> datasets.Dataset:
-    """Router splits from any base dataset (row schema above): images are divided (seeded) among
-    ``splits`` (name -> fraction) so no image is in two splits, and each image gets one seeded
+    """Router splits from any base dataset (row schema above): ``group`` values (the ``split_by`` column;
+    image_id when the base has no group column) are divided (seeded) among ``splits`` (name -> fraction)
+    so no group is in two splits, and each image gets one seeded
     degradation (kind drawn with ``degradations`` weights, severity uniform in ``severity``).
 
     Degraded images are stored as PNG; a clean image keeps its original bytes unless
@@ -413,16 +450,18 @@ def router_splits(base: datasets.Dataset, splits: dict, degradations: dict, seve
     when a split gets no image, and naming the sample when an image cannot be decoded.
     """
     image_ids = sorted(set(base["image_id"]), key=_image_order)
+    group_of = dict(zip(base["sample_id"], base["group"] if "group" in base.column_names else base["image_id"]))
+    groups = sorted(set(group_of.values()), key=_image_order)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(image_ids))
+    order = rng.permutation(len(groups))
     fractions = np.array(list(splits.values()), dtype=float)
-    bounds = np.round(np.cumsum(fractions / fractions.sum()) * len(image_ids)).astype(int)
-    split_of, degr_of = {}, {}
+    bounds = np.round(np.cumsum(fractions / fractions.sum()) * len(groups)).astype(int)
+    split_of, degr_of = {}, {}  # group -> split, image -> degradation
     for k, idx in enumerate(order):
-        split_of[image_ids[idx]] = list(splits)[int(np.searchsorted(bounds, k, side="right"))]
+        split_of[groups[idx]] = list(splits)[int(np.searchsorted(bounds, k, side="right"))]
     empty = [s for s in splits if s not in set(split_of.values())]
     if empty:
-        raise ValueError(f"router splits {empty} get no images ({len(image_ids)} images in all, fractions "
+        raise ValueError(f"router splits {empty} get no groups ({len(groups)} split_by groups in all, fractions "
                          f"{dict(splits)}); use more images (dataset.limit_images) or change dataset.splits")
     for img in image_ids:  # one draw per image, in a fixed order, so splits and degradations are seeded
         degr_of[img] = degrade.draw(rng, degradations, severity)
@@ -450,7 +489,7 @@ def router_splits(base: datasets.Dataset, splits: dict, degradations: dict, seve
                 if len(cache) > 512:
                     cache.popitem(last=False)
             images.append(cache[img_id])
-            splits_.append(split_of[img_id])
+            splits_.append(split_of[group_of[sid]])
             kinds.append(kind)
             sevs.append(sev)
         return {"image": images, "split": splits_, "degradation": kinds, "severity": sevs}
@@ -466,6 +505,10 @@ def router_splits(base: datasets.Dataset, splits: dict, degradations: dict, seve
                     cache_file_name=str(cache_file) if cache_file else None)
 
 
+# dataset keys added after run folders were first written, with the value an older folder was built with
+_ADDED_KEYS = {"scorer": "vqa", "numeric_rel_tol": 1e-4, "split_by": "image_id"}
+
+
 def build_router_dataset(cfg: Config) -> datasets.Dataset:
     """Router splits (``router_splits``) from the config's base dataset (``load_base``).
     Cached with ``save_to_disk`` under ``data/<name>/router_dataset``; a rerun loads the cache.
@@ -474,8 +517,9 @@ def build_router_dataset(cfg: Config) -> datasets.Dataset:
     stamp = cfg.path("data") / "dataset_config.json"
     wanted = json.loads(json.dumps(dataclasses.asdict(cfg.dataset)))
     if (out / "dataset_info.json").exists():
-        if stamp.exists() and json.loads(stamp.read_text()) != wanted:
-            changed = sorted(k for k, v in json.loads(stamp.read_text()).items() if wanted.get(k) != v)
+        old = json.loads(stamp.read_text()) if stamp.exists() else wanted
+        changed = sorted(k for k in wanted if old.get(k, _ADDED_KEYS.get(k)) != wanted[k])
+        if changed:
             raise ValueError(f"{cfg.path('data')} was built from another dataset config (changed: {changed}); its "
                              "outcomes and features belong to that data. Delete that folder or use a new run name.")
         return datasets.load_from_disk(str(out))

@@ -98,9 +98,9 @@ class CollectModule(L.LightningModule):
     ``functools.partial`` of one, such as ``pipeline.make_backend`` with the config and model name)."""
 
     def __init__(self, ds, model: str, tier: str, make_backend: Callable[[], Backend], out_dir: Path,
-                 batch_size: int = 64, num_workers: int = 0):
+                 batch_size: int = 64, num_workers: int = 0, grade: Callable | None = None):
         super().__init__()
-        self.ds, self.model_name, self.tier = ds, model, tier
+        self.ds, self.model_name, self.tier, self.grade = ds, model, tier, grade
         self.make_backend, self.out_dir = make_backend, Path(out_dir)
         self.batch_size, self.num_workers = max(1, int(batch_size)), int(num_workers)
         self.todo: list[int] = []
@@ -143,7 +143,7 @@ class CollectModule(L.LightningModule):
         answers = outcomes._answer_batch(backend, batch["image"], batch["question"], batch["sample_id"])
         if len(answers) != len(batch["sample_id"]):
             raise RuntimeError(f"{backend.name} returned {len(answers)} answers for {len(batch['sample_id'])} queries")
-        return outcomes.outcome_rows(batch, self.model_name, self.tier, answers)
+        return outcomes.outcome_rows(batch, self.model_name, self.tier, answers, self.grade)
 
 
 class OutcomeWriter(BasePredictionWriter):
@@ -166,23 +166,25 @@ class OutcomeWriter(BasePredictionWriter):
 
 def collect(ds, model: str, tier: str, make_backend: Callable[[], Backend], out_dir: Path, batch_size: int = 64,
             devices: int | str | list = "auto", strategy: str = "ddp", num_nodes: int = 1,
-            accelerator: str = "auto", num_workers: int = 0) -> Path:
+            accelerator: str = "auto", num_workers: int = 0, grade: Callable | None = None) -> Path:
     """Like ``outcomes.collect`` (same rows, same resuming), spread over ``devices`` processes per node on
     ``num_nodes`` nodes with Lightning strategy ``strategy`` ("ddp", "ddp_spawn", ...) and
     ``accelerator`` ("cpu", "gpu", "auto"). Each process writes ``part-r<rank>-NNNNN.parquet`` parts to
     ``out_dir``. Nothing is started when every row is already there. Returns ``out_dir``.
 
-    ``num_workers``: DataLoader worker processes per rank decoding images (0: in the rank itself)."""
+    ``num_workers``: DataLoader worker processes per rank decoding images (0: in the rank itself).
+    ``grade``: as in ``outcomes.collect`` (picklable, e.g. ``outcomes.grader(...)``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = outcomes.done_ids(out_dir)
     if all(s in done for s in ds["sample_id"]):
         return out_dir
+    outcomes.check_gradable(ds.select([i for i, s in enumerate(ds["sample_id"]) if s not in done]), model)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         use_distributed_sampler=False, inference_mode=True, default_root_dir=out_dir,
                         callbacks=[OutcomeWriter(out_dir)])
-    module = CollectModule(ds, model, tier, make_backend, out_dir, batch_size, num_workers)
+    module = CollectModule(ds, model, tier, make_backend, out_dir, batch_size, num_workers, grade)
     log.info("collect %s: %d of %d samples left, %d processes (%s)", model, len(ds) - len(done & set(ds["sample_id"])),
              len(ds), trainer.world_size, strategy)
     trainer.predict(module, return_predictions=False)

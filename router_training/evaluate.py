@@ -46,7 +46,12 @@ def guarantee_check(cfg: Config, router: Router, splits: dict[str, SplitArrays],
     router-val + router-test when the exported router was calibrated in guarantee mode (its manifest
     records it; each calibration part is then as large as router-val, the set its threshold was
     calibrated on), router-test alone otherwise (router-val chose the best epoch and the tuned or searched
-    thresholds). Returns the check's dict plus ``pool``."""
+    thresholds). Returns the check's dict plus ``pool``, and the deployed decision's own behaviour on the
+    same resplits' test parts (``guarantee.fixed_policy_check``: the manifest's exact thresholds and
+    lambdas through ``router.decide``, not recalibrated): ``deployed_violation_rate`` (share of resplits
+    whose test part loses more than ``deployed_eps`` against all-cloud: the guarantee's eps, else the
+    loss the ``tune`` target allows), ``deployed_mean_loss`` (mean test loss,
+    fraction of accuracy) and ``deployed_edge_share``."""
     from . import guarantee
     from .config import GuaranteeConfig
 
@@ -61,13 +66,23 @@ def guarantee_check(cfg: Config, router: Router, splits: dict[str, SplitArrays],
     d = router.manifest["decision"]
     lat, en = expected_costs(router.manifest, router.profile)
     grid = guarantee.DEFAULT_GRID
-    assign = guarantee.router_assign(router.predict(x), router.tiers, lat, en, d["lambda_latency"],
+    probs = router.predict(x)
+    assign = guarantee.router_assign(probs, router.tiers, lat, en, d["lambda_latency"],
                                      d["lambda_energy"], d["ref_latency_s"], d["ref_energy_j"])
     assigns = [assign(t) for t in grid]
     losses = np.stack([guarantee.per_sample_loss(a, score, cloud) for a in assigns])
-    edge = np.stack([a[:, np.array(router.tiers) == "edge"].sum(1) for a in assigns])
+    is_edge = np.array(router.tiers) == "edge"
+    edge = np.stack([a[:, is_edge].sum(1) for a in assigns])
+    chosen = router.decide(probs)  # the deployed policy, exactly as the device runs it
+    # its own tolerance: the guarantee's eps, else the accuracy the tune target allows it to lose
+    cloud_acc = float(score[:, cloud].mean())
+    dep_eps = gc.eps if calibrated else cloud_acc - cfg.tune.accuracy_floor(cloud_acc)
+    fixed = guarantee.fixed_policy_check(
+        guarantee.per_sample_loss(np.eye(len(router.tiers))[chosen], score, cloud), dep_eps, gc.resplits,
+        edge=is_edge[chosen])
     return {**guarantee.resplit_check(losses, grid, gc.eps, gc.delta, gc.transform, gc.resplits, edge=edge),
-            "pool": " + ".join(names)}
+            "pool": " + ".join(names), "deployed_violation_rate": fixed["violation_rate"], "deployed_eps": dep_eps,
+            "deployed_mean_loss": fixed["mean_test_loss"], "deployed_edge_share": fixed["mean_edge_share"]}
 
 
 def bandwidth_table(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, router: Router, cloud: int) -> list[dict]:
@@ -90,14 +105,17 @@ def bandwidth_table(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, route
 def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, router: Router, out: Path,
                       settings: dict, router_assigns: list[np.ndarray], bootstrap: int = 1000) -> tuple[dict, dict]:
     """Fit every baseline of ``baselines`` on router-train (router-val for early stopping) and sweep it on
-    router-test: (name -> {"points", "summary", "fit_s"}, paired), where ``paired`` compares the router's
-    sweep (``router_assigns``) with the best baseline that decides before running a model on the same
-    bootstrap resamples: {"baseline": name, "difference": {key: (point, lo, hi)}} of router minus
-    baseline (``metrics.bootstrap_routing`` with ``minus``). Cached in ``out/baselines.json`` for
-    ``settings`` and the router's decision (the combined policy starts from it)."""
+    router-test: (name -> {"points", "summary", "fit_s"} plus, for each baseline that decides before
+    running a model, "interval": ``metrics.bootstrap_routing`` of its sweep's assignments ({key: (point,
+    lo, hi)}, the resamples the router's interval uses), paired), where ``paired`` compares the router's
+    sweep (``router_assigns``) with the best such baseline on the same bootstrap resamples:
+    {"baseline": name, "difference": {key: (point, lo, hi)}} of router minus baseline
+    (``metrics.bootstrap_routing`` with ``minus``). The confidence baselines are left out where
+    ``baselines.confidence_left_out`` names them. Cached in ``out/baselines.json`` for ``settings`` and
+    the router's decision (the combined policy starts from it)."""
     from . import baselines
 
-    key = {**settings, "decision": router.manifest["decision"]}
+    key = {**settings, "decision": router.manifest["decision"], "report": 2}
     cache = out / "baselines.json"
     if cache.exists():
         cached = json.loads(cache.read_text())
@@ -113,13 +131,15 @@ def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, r
     test = splits["router-test"]
     fitted: dict = {}
     result = baselines.compare(splits["router-train"], test, ctx, models=cfg.model_names, fitted=fitted)
-    pre = [k for k in result if k not in report.PRE_DECISION_EXCLUDED]
+    assigns = {k: [fitted[k].assign(test, float(p["threshold"])) for p in result[k]["points"]]
+               for k in result if k not in report.PRE_DECISION_EXCLUDED}
+    for k, a in assigns.items():
+        result[k]["interval"] = metrics.bootstrap_routing(a, test, cfg.tiers, cloud, B=bootstrap)
     paired = {}
-    if pre:
-        best = max(pre, key=lambda k: result[k]["summary"]["apgr"])
-        minus = [fitted[best].assign(test, float(p["threshold"])) for p in result[best]["points"]]
+    if assigns:
+        best = report.best_pre_decision({k: result[k]["summary"] for k in assigns})
         paired = {"baseline": best, "difference": metrics.bootstrap_routing(router_assigns, test, cfg.tiers, cloud,
-                                                                            B=bootstrap, minus=minus)}
+                                                                            B=bootstrap, minus=assigns[best])}
     out.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"settings": key, "baselines": result, "paired": paired}, default=float))
     return result, paired
@@ -128,26 +148,33 @@ def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, r
 def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict[str, SplitArrays],
              cloud: int, info: pd.DataFrame, out: Path, bootstrap: int = 1000, settings: dict | None = None) -> str:
     """Write the report folder ``out``; returns the Markdown of the main policy table.
-    ``info`` has sample_id, degradation, severity (analysis only). With ``settings`` (what the router was
-    trained from) the baselines are fitted and compared too (``compare_baselines``)."""
+    ``info`` has sample_id, degradation, severity (analysis only) and, from current pipelines, ``group``
+    (each sample's ``cfg.dataset.split_by`` value) and ``empty_question`` (bool); without them the split
+    check and the empty-question count are skipped. With ``settings`` (what the router was trained
+    from) the baselines are fitted and compared too (``compare_baselines``). The report opens with
+    ``report.verdict``; report.json holds it as ``verdict`` (``report.verdict_data`` plus ``text``)."""
+    from . import baselines
+
     test, val = splits["router-test"], splits["router-val"]
+    scorer = cfg.dataset.scorer
     router = Router.load(cfg.path("export"))
     probs = router.predict(test.x)
     assign = np.eye(len(cfg.models))[router.decide(probs)]
     rows = {name: metrics.policy_metrics(a, test, cfg.tiers, cloud, cfg.model_names)
             for name, a in report.baseline_assignments(test, cfg.model_names, cfg.tiers, assign).items()}
-    routing, curves, sweep, sweep_assigns, paired = {}, {}, [], [], {}
+    routing, curves, sweep, sweep_assigns, paired, left_out = {}, {}, [], [], {}, {}
+    intervals = {"router": metrics.bootstrap_metrics(assign, test, cfg.tiers, cloud, B=bootstrap)}
     if "edge" in cfg.tiers:  # routing curves need an edge model to route to
         sweep, sweep_assigns = router_sweep(router, splits["router-train"], test, cfg.tiers, cloud, cfg.model_names)
         routing = {"router": metrics.routing_summary(sweep, metrics.references(test, cfg.tiers, cloud))}
         curves = {"router (sweep)": sweep}
+        intervals["router_routing"] = metrics.bootstrap_routing(sweep_assigns, test, cfg.tiers, cloud, B=bootstrap)
     if routing and settings is not None:
+        left_out = baselines.confidence_left_out(cfg.tiers, splits["router-train"], test)
         compared, paired = compare_baselines(cfg, splits, cloud, router, out, settings, sweep_assigns, bootstrap)
         routing.update({name: r["summary"] for name, r in compared.items()})
+        intervals.update({f"{name}_routing": r["interval"] for name, r in compared.items() if "interval" in r})
         curves.update({name: compared[name]["points"] for name in PLOTTED_BASELINES if name in compared})
-    intervals = {"router": metrics.bootstrap_metrics(assign, test, cfg.tiers, cloud, B=bootstrap)}
-    if routing:
-        intervals["router_routing"] = metrics.bootstrap_routing(sweep_assigns, test, cfg.tiers, cloud, B=bootstrap)
     calib = metrics.calibration_table(router.predict(val.x), val.score, probs, test.score, cfg.model_names)
     temps = np.array([calib[m]["temperature"] for m in cfg.model_names])
     out.mkdir(parents=True, exist_ok=True)
@@ -155,31 +182,44 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
     bw = bandwidth_table(cfg, table, feats, router, cloud)
     check = guarantee_check(cfg, router, splits, cloud) if "edge" in cfg.tiers else None
     report.pareto_plot(out / "pareto.png", curves, rows,
-                       f"{cfg.name}: router-test, profile {cfg.profile.name}")
+                       f"{cfg.name}: router-test, profile {cfg.profile.name}", report.accuracy_label(scorer, False))
     report.bandwidth_plot(out / "bandwidth.png", bw, cfg.profile.name)
     by_deg = report.accuracy_by_degradation(table[table["split"] == "router-test"], info, cfg.model_names,
                                             cfg.dataset.severity) if info["degradation"].nunique() > 1 else None
-    main = report.markdown(report.to_frame(rows))
-    sections = [f"# Router report: {cfg.name} (router-test, {len(test)} questions)", "",
+    decision = router.manifest["decision"]
+    marks, cost_note = report.configured_costs(rows, router.manifest["models"], cloud)
+    main = report.markdown(report.to_frame(rows, scorer), marks)
+    split = report.split_check(table, info)
+    refs = metrics.references(test, cfg.tiers, cloud) if routing else None
+    verdict = {**report.verdict_data(routing, intervals, paired, decision, refs),
+               "text": report.verdict(routing, intervals, paired, decision, refs, cfg.model_names)}
+    left_line = report.left_out_line(left_out, cfg.model_names)
+    sections = [f"# Router report: {cfg.name} (router-test, {len(test)} questions)", "", verdict["text"], "",
                 f"Router: {report.router_origin(router.manifest)}. Thresholds and temperatures were chosen on "
-                "router-val; every figure below is on router-test.", "",
-                main, "", report.interval_lines(intervals["router"]), ""]
+                "router-val; every figure below is on router-test.", "", report.scorer_line(scorer), "",
+                *[x for line in report.split_lines(cfg.dataset.split_by, split, info) for x in (line, "")],
+                main, "", *([cost_note, ""] if cost_note else []), report.interval_lines(intervals["router"]), ""]
     if routing:
         sections += ["## Routing curves (sweeps from all-edge to all-cloud)", "", report.routing_markdown(routing, intervals), "",
-                     report.ORACLE_NOTE, "", report.comparison_lines(routing, intervals.get("router_routing"), paired), "",
+                     report.ORACLE_NOTE, "", *([left_line, ""] if left_line else []),
+                     report.comparison_lines(routing, intervals.get("router_routing"), paired), "",
                      "![pareto](pareto.png)", ""]
     if check is not None:
         sections += ["## Accuracy-loss guarantee (Learn then Test)", "",
-                     report.guarantee_markdown(check, router.manifest.get("tuning", {}).get("guarantee")), ""]
+                     report.guarantee_markdown(check, router.manifest.get("tuning", {}).get("guarantee"), scorer), ""]
     sections += ["## Calibration of predicted P(correct)", "", report.calibration_markdown(calib), "",
                  "## Uplink bandwidth (the router re-decides at run time, no retraining)", "",
                  report.bandwidth_markdown(bw), "", "![bandwidth](bandwidth.png)", ""]
     if by_deg is not None:
         sections += ["## Reference-model accuracy by degradation", "", by_deg.round(3).to_markdown(index=False), ""]
+    configured = [{"model": m["name"], "compute_source": m["compute_source"]} for m in router.manifest["models"]
+                  if m.get("compute_source", "measured") != "measured"]
     (out / "report.md").write_text("\n".join(sections))
     (out / "report.json").write_text(json.dumps(
-        {"policies": rows, "sweep": sweep, "routing": routing, "intervals": intervals, "paired": paired, "calibration": calib,
-         "bandwidth": bw, "guarantee_check": check, "decision": router.manifest["decision"], "profile": cfg.profile.to_dict()},
-        indent=2, default=float))
+        {"verdict": verdict, "scorer": scorer, "policies": rows, "sweep": sweep, "routing": routing,
+         "intervals": intervals, "paired": paired, "left_out": {k: cfg.model_names[v] for k, v in left_out.items()},
+         "configured_costs": configured, "splits": {"split_by": cfg.dataset.split_by, **(split or {})},
+         "empty_questions": int(info["empty_question"].sum()) if "empty_question" in info.columns else None,
+         "calibration": calib, "bandwidth": bw, "guarantee_check": check, "decision": decision,
+         "profile": cfg.profile.to_dict()}, indent=2, default=float))
     return main
-

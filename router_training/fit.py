@@ -62,19 +62,23 @@ def split_arrays(table: pd.DataFrame, feats: pd.DataFrame, models: list[str], sp
         raise ValueError(f"sample {f.index[f.isna().any(axis=1)][0]!r} has no features; rerun `router-train features`")
     get = lambda col: outcomes.matrix(part, models, col, ids)  # noqa: E731
     return SplitArrays(ids, f[list(FEATURE_NAMES)].to_numpy(np.float32), get("score"), get("latency_s"),
-                       get("energy_j"), get("confidence"))
+                       get("energy_j"), outcomes.matrix(part, models, "confidence", ids, allow_nan=True))
 
 
 def cost_spec(train: SplitArrays, table: pd.DataFrame, cfg: Config) -> dict:
     """What the decision rule needs besides probabilities, measured on router-train: per model its tier,
-    mean compute time (s) and mean payload (bytes); the all-cloud reference latency (s) and energy (J)
-    (mean over router-train of the cheapest-latency cloud model); the deployment profile."""
+    mean compute time (s), mean payload (bytes) and ``compute_source`` ("measured", or "configured: <the
+    model config's compute_source>" when every compute time is the config's ``compute_s``); the all-cloud
+    reference latency (s) and energy (J) (mean over router-train of the cheapest-latency cloud model);
+    the deployment profile."""
     part = table[table["split"] == "router-train"]
     models = []
     for m in cfg.models:
         rows = part[part["model"] == m.name]
+        configured = m.compute_s is not None and bool(np.all(rows["compute_s"].to_numpy() == m.compute_s))
         models.append({"name": m.name, "tier": m.tier, "mean_compute_s": float(rows["compute_s"].mean()),
-                       "mean_payload_bytes": float(rows["payload_bytes"].mean())})
+                       "mean_payload_bytes": float(rows["payload_bytes"].mean()),
+                       "compute_source": f"configured: {m.compute_source}" if configured else "measured"})
     cloud = [k for k, m in enumerate(cfg.models) if m.tier == "cloud"]
     ref = min(cloud, key=lambda k: train.latency_s[:, k].mean())
     return {"models": models, "profile": cfg.profile.to_dict(),
@@ -214,7 +218,8 @@ class RouterDataModule(L.LightningDataModule):
 def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_dir: Path,
         loggers: bool | str = True, callbacks: list | None = None, progress: bool = True,
         wandb_options: dict | None = None) -> tuple[RouterModule, RouterDataModule]:
-    """Train a router; the best epoch by ``val_loss`` is restored and saved as ``out_dir/best.ckpt``.
+    """Train a router; the best epoch by ``val_loss`` is restored and saved as ``out_dir/best.ckpt``;
+    training stops early after ``rc.patience`` epochs without a better ``val_loss`` (0: never).
     With ``loggers`` it logs to CSV and to wandb in offline mode under ``out_dir`` (``loggers="csv"``:
     CSV only; ``wandb_options``: further ``WandbLogger`` arguments, e.g. group, name, config, save_dir).
     An exception raised by a callback (e.g. ``optuna.TrialPruned``) propagates after the wandb run ends.
@@ -229,6 +234,8 @@ def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_loss",
                                                enable_version_counter=False)
+    # on real grades validation loss can bottom out within a few epochs and then climb: stop there
+    stop = [L.pytorch.callbacks.EarlyStopping("val_loss", patience=rc.patience)] if rc.patience else []
     logs = False
     use_wandb = bool(loggers) and loggers != "csv"
     if loggers:
@@ -238,7 +245,7 @@ def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_
         logs.append(L.pytorch.loggers.WandbLogger(**{"project": "router-training", "save_dir": str(out_dir),
                                                      "offline": True, **(wandb_options or {})}))
     trainer = L.Trainer(max_epochs=rc.epochs, accelerator="cpu", logger=logs, log_every_n_steps=5,
-                        callbacks=[ckpt, *(callbacks or [])], enable_model_summary=False,
+                        callbacks=[ckpt, *stop, *(callbacks or [])], enable_model_summary=False,
                         enable_progress_bar=progress)
     try:
         trainer.fit(module, datamodule=dm)

@@ -226,6 +226,24 @@ def calibrate_router(probs: np.ndarray, score: np.ndarray, tiers: Sequence[str],
     return calibrate(assign, grid, score, cloud, eps, delta, transform)
 
 
+def _n_cal(n: int, cal_fraction: float) -> int:
+    n_cal = int(round(cal_fraction * n))
+    if not 0 < n_cal < n:
+        raise ValueError(f"cal_fraction {cal_fraction} leaves no calibration or no test samples of {n}")
+    return n_cal
+
+
+def resplit_indices(n: int, resplits: int, cal_fraction: float = 0.5, seed: int = 0):
+    """The random resplits of ``resplit_check`` and ``fixed_policy_check``: ``resplits`` pairs (cal, test)
+    of index arrays partitioning range(n), the first ``round(cal_fraction * n)`` of a seeded permutation
+    calibrating. The same (n, resplits, cal_fraction, seed) give the same halves."""
+    n_cal = _n_cal(n, cal_fraction)
+    rng = np.random.default_rng(seed)
+    for _ in range(resplits):
+        perm = rng.permutation(n)
+        yield perm[:n_cal], perm[n_cal:]
+
+
 def resplit_check(losses: np.ndarray, thresholds: Sequence[float], eps: float, delta: float,
                   transform: str = "shift", resplits: int = 200, cal_fraction: float = 0.5, seed: int = 0,
                   edge: np.ndarray | None = None) -> dict:
@@ -243,16 +261,11 @@ def resplit_check(losses: np.ndarray, thresholds: Sequence[float], eps: float, d
     averaged over resplits: what the guarantee leaves on the edge."""
     losses = np.asarray(losses, dtype=np.float64)
     n = losses.shape[1]
-    n_cal = int(round(cal_fraction * n))
-    if not 0 < n_cal < n:
-        raise ValueError(f"cal_fraction {cal_fraction} leaves no calibration or no test samples of {n}")
-    rng = np.random.default_rng(seed)
+    n_cal = _n_cal(n, cal_fraction)
     th = np.asarray(thresholds, dtype=np.float64)
     viol = naive = cert = 0
     test_losses, chosen, shares = [], [], []
-    for _ in range(resplits):
-        perm = rng.permutation(n)
-        cal, test = perm[:n_cal], perm[n_cal:]
+    for cal, test in resplit_indices(n, resplits, cal_fraction, seed):
         res = calibrate_losses(losses[:, cal], th, eps, delta, transform)
         loss = float(losses[res.index, test].mean()) if res.certified else 0.0
         test_losses.append(loss)
@@ -270,3 +283,31 @@ def resplit_check(losses: np.ndarray, thresholds: Sequence[float], eps: float, d
             **({"mean_edge_share": float(np.mean(shares))} if edge is not None else {}),
             "resplits": resplits, "n_cal": n_cal, "n_test": n - n_cal, "eps": eps, "delta": delta,
             "transform": transform}
+
+
+def fixed_policy_check(losses: np.ndarray, eps: float, resplits: int = 200, cal_fraction: float = 0.5,
+                       seed: int = 0, edge: np.ndarray | None = None) -> dict:
+    """The deployed policy itself on the test parts of ``resplit_check``'s resplits (the same halves
+    for the same ``resplits``, ``cal_fraction`` and ``seed``): no recalibration, the policy is fixed (e.g.
+    the manifest's exact thresholds and lambdas through ``runtime.decide``). ``losses`` float (n,) its
+    per-sample losses against all-cloud in [-1, 1] (``per_sample_loss``); ``edge`` optional (n,) 0/1,
+    whether it sends each sample to an edge model.
+
+    Returns ``violation_rate`` (share of resplits whose test part loses more than ``eps`` on average),
+    ``mean_test_loss`` (the test parts' mean loss, averaged over resplits), with ``edge``
+    ``mean_edge_share`` (likewise), and ``resplits``, ``n_test``, ``eps``. A policy that sends every
+    query to the all-cloud reference has loss 0 everywhere and a violation rate of 0."""
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.ndim != 1:
+        raise ValueError("losses must be (n,): one fixed policy's per-sample losses")
+    n = len(losses)
+    edge = None if edge is None else np.asarray(edge, dtype=np.float64)
+    test_losses, shares = [], []
+    for _, test in resplit_indices(n, resplits, cal_fraction, seed):
+        test_losses.append(float(losses[test].mean()))
+        if edge is not None:
+            shares.append(float(edge[test].mean()))
+    test_losses = np.asarray(test_losses)
+    return {"violation_rate": float(np.mean(test_losses > eps)), "mean_test_loss": float(test_losses.mean()),
+            **({"mean_edge_share": float(np.mean(shares))} if edge is not None else {}),
+            "resplits": resplits, "n_test": n - _n_cal(n, cal_fraction), "eps": eps}

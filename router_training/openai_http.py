@@ -9,8 +9,8 @@ What each Answer holds:
 
 * ``text``: the reply's ``choices[0].message.content``, stripped.
 * ``confidence``: ``exp(mean token logprob)`` of the reply when the server returns
-  ``choices[0].logprobs.content``; **0.0 when it returns none** (or ``logprobs=False``), since the outcome
-  table holds no NaN. A model without logprobs therefore looks maximally unsure to confidence features.
+  ``choices[0].logprobs.content``; **NaN when it returns none** (or ``logprobs=False``): unknown, so the
+  baselines that need a confidence (cascades) are left out rather than run on made-up zeros.
 * ``compute_s``: wall seconds of the successful attempt's round trip (connect if needed, send, server
   time, read). It includes the collecting machine's own network time and any server-side queueing, so
   collect against a server on the same host or LAN when latencies matter (the deployment profile adds
@@ -83,18 +83,18 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _confidence(choice: dict) -> float:
-    """exp(mean logprob) of the reply's tokens, or 0.0 when the reply carries no usable logprobs."""
+    """exp(mean logprob) of the reply's tokens, or NaN (unknown) when the reply carries no usable logprobs."""
     lp = choice.get("logprobs")
     content = lp.get("content") if isinstance(lp, dict) else None
     if not isinstance(content, list) or not content:
-        return 0.0
+        return math.nan
     try:
         values = [float(t["logprob"]) for t in content]
     except (TypeError, KeyError, ValueError):
-        return 0.0
+        return math.nan
     mean = sum(values) / len(values)
     if math.isnan(mean):
-        return 0.0
+        return math.nan
     return min(max(math.exp(mean), 0.0), 1.0)  # exp(-inf) == 0.0
 
 
@@ -138,7 +138,7 @@ class OpenAIBackend:
     """A VLM behind an OpenAI-compatible ``/chat/completions`` endpoint; see the module docstring.
 
     ``base_url`` is the API root, e.g. ``http://127.0.0.1:8000/v1``. Set ``logprobs=False`` for servers
-    that reject the ``logprobs`` field (confidence is then 0.0). Raises ValueError on a bad URL or option,
+    that reject the ``logprobs`` field (confidence is then NaN: unknown). Raises ValueError on a bad URL or option,
     or when ``api_key_env`` names an unset variable.
     """
 

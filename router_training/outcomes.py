@@ -13,9 +13,10 @@ split           string  router-train / router-val / router-test
 model           string  candidate model name (config ``models[].name``)
 tier            string  "edge" or "cloud"
 answer          string  the model's answer ("" when it failed)
-score           float32 VQA accuracy in [0, 1] (``scoring.vqa_score``); 0 when it failed
-confidence      float32 the model's own probability of its answer, in [0, 1]
-compute_s       float64 measured compute time for this sample (s)
+score           float32 the grade in [0, 1]: the dataset's scorer (``scoring.score``; VQA accuracy by
+                        default) or the replay file's own grade; 0 when it failed
+confidence      float32 the model's own probability of its answer, in [0, 1]; NaN when unknown
+compute_s       float64 compute time for this sample (s): measured, or the model config's compute_s
 payload_bytes   int64   bytes the query sends off-device (encoded image + question)
 error           string  "" on success, else why the sample failed
 =============== ======= ==========================================================================
@@ -27,6 +28,7 @@ them from a deployment profile, so a new profile needs no re-collection.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
@@ -38,7 +40,6 @@ from tqdm.auto import tqdm
 
 from .backends import Answer, Backend
 from .profile import DeploymentProfile
-from .scoring import vqa_score
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +65,45 @@ def _answer_batch(backend: Backend, images, questions, sample_ids) -> list[Answe
     return out
 
 
+def _grade(answer: str, answers: list[str], options: list[str], scorer: str, rel_tol: float) -> float:
+    from .scoring import score
+
+    return score(answer, answers, scorer, options, rel_tol)
+
+
+def grader(scorer: str = "vqa", rel_tol: float = 1e-4) -> Callable[[str, list, list], float]:
+    """``grade(answer, answers, options) -> float`` in [0, 1] with ``scoring.score`` under ``scorer``
+    (picklable, for distributed collection)."""
+    return functools.partial(_grade, scorer=scorer, rel_tol=rel_tol)
+
+
+def check_gradable(ds, model: str) -> None:
+    """Raise ValueError naming the samples of ``ds`` without a reference answer: a model that is run
+    (not replayed with grades) can only be scored against answers."""
+    missing = [sid for sid, a in zip(ds["sample_id"], ds["answers"]) if not a]
+    if missing:
+        raise ValueError(f"model {model!r} is run by its backend, but {len(missing)} questions have no reference "
+                         f"answer to score it against (e.g. {missing[:3]}); give them answers, or replay this "
+                         "model's graded outcomes (backend replay with a score or correct column)")
+
+
 def collect(ds, model: str, tier: str, make_backend: Callable[[], Backend], out_dir: Path,
-            batch_size: int = 64) -> Path:
+            batch_size: int = 64, grade: Callable | None = None) -> Path:
     """Run model ``model`` (its backend built by ``make_backend()``, only when there is work) over dataset
-    ``ds`` (rows with sample_id, image_id, split, image, question, answers) and write outcome rows to
-    ``out_dir/part-NNNNN.parquet`` as it goes.
+    ``ds`` (rows with sample_id, image_id, split, image, question, answers, options) and write outcome
+    rows to ``out_dir/part-NNNNN.parquet`` as it goes, graded by ``grade(answer, answers, options)``
+    (default VQA accuracy).
 
     Resumes: samples already in ``out_dir`` are skipped, so an interrupted run loses at most the batch in
-    flight and never duplicates rows. Returns ``out_dir``.
+    flight and never duplicates rows. Raises ValueError (``check_gradable``) before running anything when
+    a question has no reference answer. Returns ``out_dir``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     done, next_part = _done(out_dir)
     todo = [i for i, s in enumerate(ds["sample_id"]) if s not in done]
     if not todo:
         return out_dir
+    check_gradable(ds.select(todo), model)
     backend = make_backend()
     with tqdm(total=len(ds), initial=len(ds) - len(todo), desc=f"collect {model}", unit="q") as bar:
         for start in range(0, len(todo), batch_size):
@@ -85,21 +111,25 @@ def collect(ds, model: str, tier: str, make_backend: Callable[[], Backend], out_
             answers = _answer_batch(backend, rows["image"], rows["question"], rows["sample_id"])
             if len(answers) != len(rows):
                 raise RuntimeError(f"{backend.name} returned {len(answers)} answers for {len(rows)} queries")
-            _write_part(outcome_rows(rows, model, tier, answers), out_dir, next_part)
+            _write_part(outcome_rows(rows, model, tier, answers, grade), out_dir, next_part)
             next_part += 1
             bar.update(len(rows))
     return out_dir
 
 
-def outcome_rows(rows, model: str, tier: str, answers: list[Answer]) -> pd.DataFrame:
+def outcome_rows(rows, model: str, tier: str, answers: list[Answer], grade: Callable | None = None) -> pd.DataFrame:
     """Outcome rows (``COLUMNS``, documented dtypes) for ``rows`` (a mapping of column -> list with at
-    least sample_id, image_id, split and answers, e.g. a ``datasets`` batch) and the backend's answers."""
+    least sample_id, image_id, split and answers, e.g. a ``datasets`` batch; options when the scorer
+    uses them) and the backend's answers, graded by ``grade(answer, answers, options)`` (default VQA
+    accuracy, ``scoring.score``)."""
+    grade = grade or grader()
+    options = rows["options"] if "options" in rows else [[]] * len(answers)
     return pd.DataFrame({
         "sample_id": list(rows["sample_id"]), "image_id": list(rows["image_id"]), "split": list(rows["split"]),
         "model": model, "tier": tier,
         "answer": [a.text for a in answers],
-        "score": np.array([0.0 if a.error else vqa_score(a.text, refs)
-                           for a, refs in zip(answers, rows["answers"])], dtype=np.float32),
+        "score": np.array([0.0 if a.error else grade(a.text, refs, opts)
+                           for a, refs, opts in zip(answers, rows["answers"], options)], dtype=np.float32),
         "confidence": np.array([a.confidence for a in answers], dtype=np.float32),
         "compute_s": np.array([a.compute_s for a in answers], dtype=np.float64),
         "payload_bytes": np.array([a.payload_bytes for a in answers], dtype=np.int64),
@@ -140,19 +170,57 @@ def _done(out_dir: Path) -> tuple[set, int]:
     return done_ids(out_dir), next_part(out_dir)
 
 
-# replay: our column -> required?
-REPLAY_COLUMNS = {"sample_id": True, "answer": True, "score": False, "confidence": False, "compute_s": False,
-                  "payload_bytes": False}
+# replay: our column -> required? (besides sample_id, a replay file needs an answer or a grade)
+REPLAY_COLUMNS = {"sample_id": True, "answer": False, "score": False, "correct": False, "confidence": False,
+                  "compute_s": False, "payload_bytes": False}
+_TRUE, _FALSE = {"true", "1", "yes", "y", "t", "correct"}, {"false", "0", "no", "n", "f", "incorrect", "wrong"}
 
 
-def read_replay(path: Path | str, columns: dict | None = None) -> pd.DataFrame:
+@functools.lru_cache(maxsize=4)
+def _read_file(path: str, mtime_ns: int) -> pd.DataFrame:
+    """The raw table of an outcome file, read once per (path, modification time): a long file holding
+    every model's rows is read once for all of them."""
+    p = Path(path)
+    suffix = "".join(p.suffixes[-2:]) if p.suffix in (".gz", ".bz2", ".zst", ".xz") else p.suffix
+    fmt = suffix.split(".")[1].lower() if suffix else ""
+    if fmt in ("jsonl", "json", "ndjson"):
+        return pd.read_json(p, lines=True, dtype=False)
+    if fmt in ("csv", "tsv"):
+        return pd.read_csv(p, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+    if fmt in ("parquet", "pq"):
+        return pd.read_parquet(p)
+    raise ValueError(f"replay file {p}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
+
+
+def _booleans(col: pd.Series, where: str) -> np.ndarray:
+    """A grade column (bool, 0/1, "true"/"false", "yes"/"no"; empty = unknown) as float64 1.0 / 0.0 / NaN."""
+    out = np.full(len(col), np.nan)
+    for i, v in enumerate(col):
+        if _missing(v) or v == "":
+            continue
+        if isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, float, np.integer, np.floating)) and v in (0, 1)):
+            out[i] = float(v)
+            continue
+        t = str(v).strip().lower()
+        if t not in _TRUE | _FALSE:
+            raise ValueError(f"{where}: value {v!r} on row {i} is not a grade; use true/false, 1/0 or yes/no")
+        out[i] = float(t in _TRUE)
+    return out
+
+
+def read_replay(path: Path | str, columns: dict | None = None, model_column: str | None = None,
+                model_value: str | None = None) -> pd.DataFrame:
     """A per-sample outcome file (``.jsonl``/``.json`` lines, ``.csv``, ``.parquet``) as a frame with our
-    column names: ``columns`` maps ours (sample_id, answer, score, confidence, compute_s,
-    payload_bytes) to the file's; a name it leaves out is read from a column of the same name if there
-    is one. sample_id and answer are strings; the others are numbers (NaN where empty).
+    column names: ``columns`` maps ours (``REPLAY_COLUMNS``: sample_id, answer, score, correct,
+    confidence, compute_s, payload_bytes) to the file's; a name it leaves out is read from a column of
+    the same name if there is one. With ``model_column``, the file holds every model's rows (long
+    format) and only those whose ``model_column`` equals ``model_value`` are read. sample_id and answer
+    are strings; ``correct`` (a boolean grade) becomes ``score`` 1.0 / 0.0 where the file has no score;
+    the others are float64 (NaN where empty or absent).
 
     Raises FileNotFoundError, ValueError for an unknown format, a missing mapped or required column
-    (naming it and the available ones), a duplicate sample_id or a value that is not a number."""
+    (naming it and the available ones), no rows for ``model_value`` (naming the values found), a file
+    with neither answers nor grades, a duplicate sample_id or a value that is not a number or grade."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"replay file {path} not found")
@@ -160,45 +228,53 @@ def read_replay(path: Path | str, columns: dict | None = None) -> pd.DataFrame:
     unknown = set(columns) - set(REPLAY_COLUMNS)
     if unknown:
         raise ValueError(f"replay columns: unknown names {sorted(unknown)}; ours are {list(REPLAY_COLUMNS)}")
-    suffix = "".join(path.suffixes[-2:]) if path.suffix in (".gz", ".bz2", ".zst", ".xz") else path.suffix
-    fmt = suffix.split(".")[1].lower() if suffix else ""
-    if fmt in ("jsonl", "json", "ndjson"):
-        raw = pd.read_json(path, lines=True, dtype=False)
-    elif fmt in ("csv", "tsv"):
-        raw = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
-    elif fmt in ("parquet", "pq"):
-        raw = pd.read_parquet(path)
-    else:
-        raise ValueError(f"replay file {path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
+    raw = _read_file(str(path.resolve()), path.stat().st_mtime_ns)
+    where = f"replay file {path}"
+    if model_column is not None:
+        if model_column not in raw.columns:
+            raise ValueError(f"{where}: model_column {model_column!r} not found; available columns: {list(raw.columns)}")
+        raw = raw[raw[model_column].astype(str) == str(model_value)]
+        if raw.empty:
+            found = sorted(map(str, _read_file(str(path.resolve()), path.stat().st_mtime_ns)[model_column].unique()))
+            raise ValueError(f"{where}: no rows with {model_column} == {model_value!r}; the file has {found[:20]} "
+                             "(set the model's name or options.model_value to one of them)")
+        where += f" ({model_column} {model_value!r})"
     mapping = {ours: columns.get(ours, ours) for ours in REPLAY_COLUMNS}
     for ours, theirs in mapping.items():
         if theirs not in raw.columns and (REPLAY_COLUMNS[ours] or ours in columns):
-            raise ValueError(f"replay file {path}: column {theirs!r} (for our {ours!r}) not found; "
+            raise ValueError(f"{where}: column {theirs!r} (for our {ours!r}) not found; "
                              f"available columns: {list(raw.columns)}")
+    if not any(mapping[k] in raw.columns for k in ("answer", "score", "correct")):
+        raise ValueError(f"{where}: no answer, score or correct column (columns: {list(raw.columns)}); map one "
+                         "with options.columns, e.g. {correct: is_correct} or {answer: prediction}")
     out = pd.DataFrame(index=raw.index)
     for ours, theirs in mapping.items():
         if theirs not in raw.columns:
             continue
         col = raw[theirs]
         if ours in ("sample_id", "answer"):
-            out[ours] = [("" if ours == "answer" else None) if _missing(v) else str(v) for v in col]
+            out[ours] = [None if _missing(v) else str(v) for v in col]
+        elif ours == "correct":
+            out[ours] = _booleans(col, f"{where}: column {theirs!r} (our 'correct')")
         else:
             values = col.where(col != "", np.nan) if col.dtype == object else col
             try:
                 out[ours] = pd.to_numeric(values, errors="raise").astype(np.float64)
             except (ValueError, TypeError) as e:
-                raise ValueError(f"replay file {path}: column {theirs!r} (our {ours!r}) must hold numbers "
-                                 f"({e})") from None
+                raise ValueError(f"{where}: column {theirs!r} (our {ours!r}) must hold numbers ({e})") from None
     if out["sample_id"].isna().any():
-        raise ValueError(f"replay file {path}: row {int(out['sample_id'].isna().idxmax())} has no sample_id "
+        raise ValueError(f"{where}: row {int(out['sample_id'].isna().to_numpy().argmax())} has no sample_id "
                          f"(column {mapping['sample_id']!r})")
     dup = out["sample_id"].duplicated()
     if dup.any():
-        raise ValueError(f"replay file {path}: sample_id {out.loc[dup, 'sample_id'].iloc[0]!r} is on more than "
-                         "one row; keep one outcome per sample")
+        raise ValueError(f"{where}: sample_id {out.loc[dup, 'sample_id'].iloc[0]!r} is on more than "
+                         "one row; keep one outcome per sample (a file of several models needs options.model_column)")
     for ours in ("score", "confidence"):
         if ours in out and not out[ours].dropna().between(0.0, 1.0).all():
-            raise ValueError(f"replay file {path}: column {mapping[ours]!r} (our {ours!r}) must be in [0, 1]")
+            raise ValueError(f"{where}: column {mapping[ours]!r} (our {ours!r}) must be in [0, 1]")
+    if "correct" in out:
+        out["score"] = out["score"].fillna(out["correct"]) if "score" in out else out["correct"]
+        out = out.drop(columns="correct")
     return out.reset_index(drop=True)
 
 
@@ -206,72 +282,104 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v))
 
 
-def replay(ds, model: str, tier: str, path: Path | str, columns: dict | None, out_dir: Path,
-           batch_size: int = 4096) -> Path:
-    """Outcomes of model ``model`` read from a file of per-sample outcomes (``read_replay``: JSONL, CSV
-    or Parquet; ``columns`` maps our names to the file's) instead of running it, for the rows of ``ds``
-    (sample_id, image_id, split, image, question, answers), written to ``out_dir`` like ``collect``.
-
-    score: the file's, else ``vqa_score`` of the answer against the row's answers; confidence and
-    compute_s: the file's, else 0.0; payload_bytes: the file's, else ``backends.payload_bytes`` of
-    the image and question. A sample the file lacks is recorded with error "not in replay file <path>"
-    and score 0. Resumes like ``collect``: samples already in ``out_dir`` are skipped, so a rerun adds
-    nothing. Samples in the file but not in ``ds`` are ignored. Returns ``out_dir``.
-    """
+def image_payloads(ds, image_ids: set | None = None) -> dict[str, int]:
+    """Bytes of each image as a cloud request sends it (``backends.payload_bytes`` without the question:
+    JPEG at quality 90), by image_id, computed once per image (for ``image_ids`` only when given)."""
     from .backends import payload_bytes
 
+    out: dict[str, int] = {}
+    ids = ds["image_id"]
+    first = {}
+    for i, iid in enumerate(ids):
+        if iid not in first and (image_ids is None or iid in image_ids):
+            first[iid] = i
+    if not first:
+        return out
+    rows = ds.select(sorted(first.values())).select_columns(["image_id", "image"])
+    for r in tqdm(rows, desc="payload bytes", unit="img", total=len(rows)):
+        out[r["image_id"]] = payload_bytes(r["image"], "")
+    return out
+
+
+def replay(ds, model: str, tier: str, path: Path | str, columns: dict | None, out_dir: Path,
+           batch_size: int = 4096, model_column: str | None = None, model_value: str | None = None,
+           compute_s: float | None = None, grade: Callable | None = None,
+           image_payload: Callable[[set], dict] | None = None) -> Path:
+    """Outcomes of model ``model`` read from a file of per-sample outcomes (``read_replay``: JSONL, CSV
+    or Parquet; ``columns`` maps our names to the file's; ``model_column`` / ``model_value`` select this
+    model's rows of a long file; ``model_value`` defaults to ``model``) instead of running it, for the rows of ``ds`` (sample_id, image_id,
+    split, image, question, answers, options), written to ``out_dir`` like ``collect``.
+
+    score: the file's grade (score, else correct), else ``grade(answer, answers, options)`` (default
+    VQA accuracy, ``scoring.score``); confidence: the file's, else NaN (unknown: baselines that need it
+    are left out); compute_s: the file's, else ``compute_s`` (the model config's, s); payload_bytes: the
+    file's, else the question's UTF-8 bytes plus ``image_payload(image_ids)[image_id]`` (the image's
+    bytes, computed once per image for all models; default ``image_payloads(ds, ...)``). A sample the
+    file lacks is recorded with error "not in replay file <path>" and score 0.
+
+    Before writing anything, raises ValueError naming the model when it has no compute time (neither in
+    the file nor ``compute_s``), and naming the samples when a sample has no grade and no reference
+    answer to score it against (or, with ``grade`` None and the "given" scorer, no grade). Resumes like
+    ``collect``: samples already in ``out_dir`` are skipped. Samples in the file but not in ``ds`` are
+    ignored. Returns ``out_dir``."""
+    grade = grade or grader()
     out_dir.mkdir(parents=True, exist_ok=True)
     done, next_part = _done(out_dir)
     todo = [i for i, s in enumerate(ds["sample_id"]) if s not in done]
     if not todo:
         return out_dir
-    table = read_replay(path, columns).set_index("sample_id")
-    sample_ids = ds["sample_id"]
-    extra = len(set(table.index) - set(sample_ids))
+    table = read_replay(path, columns, model_column, model if model_value is None else model_value).set_index("sample_id")
+    cols = [c for c in ("sample_id", "image_id", "split", "question", "answers", "options") if c in ds.column_names]
+    rows = ds.select_columns(cols).select(todo).to_dict()
+    n = len(todo)
+    rows.setdefault("options", [[] for _ in range(n)])
+    extra = len(set(table.index) - set(ds["sample_id"]))
     if extra:
         log.info("replay %s: %d samples of %s are not in the dataset; ignored", model, extra, path)
-    need_images = "payload_bytes" not in table.columns or table["payload_bytes"].isna().any()
-    cols = ["sample_id", "image_id", "split", "question", "answers"] + (["image"] if need_images else [])
-    image_bytes: dict[str, int] = {}  # image_id -> JPEG payload without the question
-    missing = 0
-    for start in range(0, len(todo), batch_size):
-        rows = ds.select(todo[start:start + batch_size]).select_columns(cols)
-        n = len(rows)
-        rec = table.reindex(rows["sample_id"])
-        present = rec["answer"].notna().to_numpy() if "answer" in rec else np.zeros(n, bool)
-        missing += int((~present).sum())
-        answers = rec["answer"].fillna("").astype(str).tolist()
-        score = rec["score"].to_numpy(np.float64) if "score" in rec else np.full(n, np.nan)
-        refs = rows["answers"]
-        score = np.array([0.0 if not ok else (s if not np.isnan(s) else vqa_score(a, r))
-                          for ok, s, a, r in zip(present, score, answers, refs)], dtype=np.float32)
-
-        def num(name):
-            v = rec[name].to_numpy(np.float64) if name in rec else np.full(n, np.nan)
-            return np.where(present & ~np.isnan(v), v, 0.0)
-
-        payload = rec["payload_bytes"].to_numpy(np.float64) if "payload_bytes" in rec else np.full(n, np.nan)
-        pay = np.zeros(n, dtype=np.int64)
-        for k, (iid, q) in enumerate(zip(rows["image_id"], rows["question"])):
-            if not present[k]:
-                continue
-            if not np.isnan(payload[k]):
-                pay[k] = int(payload[k])
-                continue
-            if iid not in image_bytes:  # the JPEG once per image; payload_bytes(image, q) = that + the question
-                image_bytes[iid] = payload_bytes(rows[k]["image"], "")
-            pay[k] = image_bytes[iid] + len(q.encode("utf-8"))
-        error = [""] * n if present.all() else ["" if ok else f"not in replay file {path}" for ok in present]
-        _write_part(pd.DataFrame({
-            "sample_id": rows["sample_id"], "image_id": rows["image_id"], "split": rows["split"],
-            "model": model, "tier": tier, "answer": [a if ok else "" for a, ok in zip(answers, present)],
-            "score": score, "confidence": num("confidence").astype(np.float32),
-            "compute_s": num("compute_s"), "payload_bytes": pay, "error": error,
-        }), out_dir, next_part)
+    rec = table.reindex(rows["sample_id"])
+    present = np.isin(np.asarray(rows["sample_id"], dtype=object), table.index.to_numpy())
+    given = rec["score"].to_numpy(np.float64) if "score" in rec else np.full(n, np.nan)
+    answers = rec["answer"].fillna("").astype(str).tolist() if "answer" in rec else [""] * n
+    ungradable = [rows["sample_id"][k] for k in range(n) if present[k] and np.isnan(given[k]) and not rows["answers"][k]]
+    if ungradable:
+        raise ValueError(f"replay {model}: {len(ungradable)} samples have neither a grade in {path} nor a reference "
+                         f"answer to score the answer against (e.g. {ungradable[:3]}); add a score or correct "
+                         "column for them, or answers in the questions file")
+    comp = rec["compute_s"].to_numpy(np.float64) if "compute_s" in rec else np.full(n, np.nan)
+    lacking = int((present & np.isnan(comp)).sum())
+    if lacking and compute_s is None:
+        raise ValueError(f"model {model!r}: {lacking} of its outcomes in {path} have no compute time (column "
+                         f"{(columns or {}).get('compute_s', 'compute_s')!r} absent or empty) and the config gives "
+                         "none: set models[].compute_s (s per query) with compute_source (where the figure comes "
+                         "from, e.g. a published throughput or your own measurement)")
+    if lacking:
+        log.info("replay %s: compute time of %d samples from the config (%.4g s)", model, lacking, compute_s)
+    try:
+        score = np.array([0.0 if not ok else (g if not np.isnan(g) else grade(a, refs, opts))
+                          for ok, g, a, refs, opts in zip(present, given, answers, rows["answers"], rows["options"])],
+                         dtype=np.float32)
+    except ValueError as e:  # the "given" scorer and an answer without a grade
+        raise ValueError(f"replay {model} ({path}): {e}") from None
+    payload = rec["payload_bytes"].to_numpy(np.float64) if "payload_bytes" in rec else np.full(n, np.nan)
+    need = {iid for iid, p, ok in zip(rows["image_id"], payload, present) if ok and np.isnan(p)}
+    images = (image_payload or (lambda ids: image_payloads(ds, ids)))(need) if need else {}
+    pay = np.array([0 if not ok else int(p) if not np.isnan(p) else images[iid] + len(q.encode("utf-8"))
+                    for ok, p, iid, q in zip(present, payload, rows["image_id"], rows["question"])], dtype=np.int64)
+    conf = rec["confidence"].to_numpy(np.float64) if "confidence" in rec else np.full(n, np.nan)
+    frame = pd.DataFrame({
+        "sample_id": rows["sample_id"], "image_id": rows["image_id"], "split": rows["split"], "model": model,
+        "tier": tier, "answer": [a if ok else "" for a, ok in zip(answers, present)], "score": score,
+        "confidence": np.where(present, conf, np.nan).astype(np.float32),
+        "compute_s": np.where(present, np.where(np.isnan(comp), compute_s or 0.0, comp), 0.0),
+        "payload_bytes": pay,
+        "error": ["" if ok else f"not in replay file {path}" for ok in present]}, columns=list(COLUMNS))
+    for start in range(0, n, batch_size):
+        _write_part(frame.iloc[start:start + batch_size], out_dir, next_part)
         next_part += 1
+    missing = int((~present).sum())
     if missing:
         log.error("replay %s: %d of %d samples are not in %s (recorded as errors with score 0; add them to the "
-                  "file and delete %s to replay again)", model, missing, len(todo), path, out_dir)
+                  "file and delete %s to replay again)", model, missing, n, path, out_dir)
     return out_dir
 
 
@@ -316,12 +424,13 @@ def with_costs(df: pd.DataFrame, profile: DeploymentProfile) -> pd.DataFrame:
     return df.assign(latency_s=lat, energy_j=en)
 
 
-def matrix(df: pd.DataFrame, models: list[str], column: str, sample_ids=None) -> np.ndarray:
+def matrix(df: pd.DataFrame, models: list[str], column: str, sample_ids=None, allow_nan: bool = False) -> np.ndarray:
     """(n_samples, n_models) float64 array of ``column``, rows in ``sample_ids`` order (default: sorted).
-    Raises ValueError when a (sample, model) pair is missing."""
+    Raises ValueError when a (sample, model) pair is missing (or, unless ``allow_nan``, its value is NaN,
+    as an unknown confidence is)."""
     wide = df.pivot(index="sample_id", columns="model", values=column)
     wide = wide.reindex(index=sample_ids if sample_ids is not None else sorted(wide.index), columns=models)
-    if wide.isna().any().any():
+    if not allow_nan and wide.isna().any().any():
         missing = wide.isna().stack()
         sid, m = missing[missing].index[0]
         raise ValueError(f"no outcome for sample {sid!r} and model {m!r}; re-run `router-train collect`")

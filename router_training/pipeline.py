@@ -73,23 +73,43 @@ def stage_collect(cfg: Config) -> pd.DataFrame:
     root = cfg.path("data") / "outcomes"
     cc = cfg.collect
     worker = cc.distributed and distributed.is_worker()
+    grade = outcomes.grader(cfg.dataset.scorer, cfg.dataset.numeric_rel_tol)
     for m in cfg.models:
         if m.backend == "replay":  # outcomes from the user's file, no model is run
             if not worker:
-                outcomes.replay(ds, m.name, m.tier, m.options["path"], m.options.get("columns"), root / m.name)
+                o = m.options
+                outcomes.replay(ds, m.name, m.tier, o["path"], o.get("columns"), root / m.name,
+                                model_column=o.get("model_column"), model_value=o.get("model_value", m.name),
+                                compute_s=m.compute_s, grade=grade,
+                                image_payload=functools.partial(image_payloads, cfg, ds))
         elif cc.distributed:
             distributed.collect(ds, m.name, m.tier, functools.partial(make_backend, cfg, m.name), root / m.name,
                                 cc.batch_size, devices=cc.devices, strategy=cc.strategy or "ddp",
-                                num_nodes=cc.num_nodes, accelerator=cc.accelerator, num_workers=cc.num_workers)
+                                num_nodes=cc.num_nodes, accelerator=cc.accelerator, num_workers=cc.num_workers,
+                                grade=grade)
         else:
             outcomes.collect(ds, m.name, m.tier, lambda name=m.name: make_backend(cfg, name), root / m.name,
-                             batch_size=cc.batch_size)
+                             batch_size=cc.batch_size, grade=grade)
     if worker:
         log.info("collection done in this worker process; rank 0 goes on")
         raise SystemExit(0)
     if cc.distributed:
         distributed.end_process_group()
     return outcomes.with_costs(outcomes.load(root, cfg.model_names), cfg.profile)
+
+
+def image_payloads(cfg: Config, ds, image_ids: set) -> dict[str, int]:
+    """Payload bytes of each image in ``image_ids`` (``outcomes.image_payloads``), computed once per image
+    for every replayed model and kept in data/<run>/payload_bytes.parquet (image_id, payload_bytes)."""
+    path = cfg.path("data") / "payload_bytes.parquet"
+    known = dict(pd.read_parquet(path).itertuples(index=False)) if path.exists() else {}
+    todo = set(image_ids) - set(known)
+    if todo:
+        known.update(outcomes.image_payloads(ds, todo))
+        tmp = path.with_suffix(".tmp")
+        pd.DataFrame({"image_id": list(known), "payload_bytes": list(known.values())}).to_parquet(tmp, index=False)
+        tmp.rename(path)
+    return known
 
 
 def stage_features(cfg: Config) -> pd.DataFrame:
@@ -206,11 +226,11 @@ def stage_tune(cfg: Config, force: bool = False) -> dict:
     cloud = cloud_index(cfg, splits["router-train"])
     if cfg.tune.guarantee:
         decision = tune.calibrated(predict(module, spec, val.x), val, spec, cfg.tiers, cloud, cfg.tune.guarantee,
-                                   cfg.router.lambda_latency, cfg.router.lambda_energy)
+                                   cfg.router.lambda_latency, cfg.router.lambda_energy, models=cfg.model_names)
     else:
         decision = tune.tune(predict(module, spec, val.x), val, spec, cfg.tiers, cloud, cfg.tune, db, name,
                              start={"lambda_latency": cfg.router.lambda_latency,
-                                    "lambda_energy": cfg.router.lambda_energy})
+                                    "lambda_energy": cfg.router.lambda_energy}, models=cfg.model_names)
     decision["study"] = name
     path.write_text(json.dumps(decision, indent=2))
     return decision
@@ -258,7 +278,12 @@ def stage_report(cfg: Config, bootstrap: int = 1000, baselines: bool = True) -> 
         log.info("the exported router predates the current config: re-exporting")
         stage_export(cfg)
     table, splits = load_splits(cfg)
-    info = data.build_router_dataset(cfg).select_columns(["sample_id", "degradation", "severity"]).to_pandas()
+    ds = data.build_router_dataset(cfg)
+    cols = ["sample_id", "degradation", "severity", "question", *(["group"] if "group" in ds.column_names else [])]
+    info = ds.select_columns(cols).to_pandas()
+    info["empty_question"] = info.pop("question").str.strip() == ""
+    if "group" not in info:  # a router dataset built before split_by: grouped by image
+        info["group"] = ds["image_id"]
     return evaluate.evaluate(cfg, table, stage_features(cfg), splits, cloud_index(cfg, splits["router-train"]),
                              info, cfg.path("runs"), bootstrap,
                              fit_settings(cfg) if baselines else None)

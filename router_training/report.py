@@ -1,4 +1,6 @@
-"""Report presentation: policy assignments for the standard baselines, Markdown tables and plots."""
+"""Report presentation: policy assignments for the standard baselines, Markdown tables, plots, and the
+plain-language lines at the report's top (``verdict``, ``scorer_line``, ``split_check`` / ``split_lines``,
+``configured_costs``, ``left_out_line``). Every function here is pure except the plots (PNG files)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from . import policies
 COLUMNS = {"accuracy": "VQA acc", "pct_cloud_accuracy": "% of cloud acc", "edge_share": "edge share",
            "mean_latency_s": "latency (ms)", "p95_latency_s": "p95 latency (ms)", "mean_energy_j": "energy (J)",
            "latency_reduction": "latency cut vs cloud", "energy_reduction": "energy cut vs cloud"}
-_FMT = {"VQA acc": "{:.4f}", "% of cloud acc": "{:.1f}", "edge share": "{:.3f}", "latency (ms)": "{:.2f}",
-        "p95 latency (ms)": "{:.2f}", "energy (J)": "{:.4f}", "latency cut vs cloud": "{:+.1%}",
-        "energy cut vs cloud": "{:+.1%}"}
+_FMT = {"VQA acc": "{:.4f}", "accuracy": "{:.4f}", "% of cloud acc": "{:.1f}", "edge share": "{:.3f}",
+        "latency (ms)": "{:.2f}", "p95 latency (ms)": "{:.2f}", "energy (J)": "{:.4f}",
+        "latency cut vs cloud": "{:+.1%}", "energy cut vs cloud": "{:+.1%}"}
 
 
 def baseline_assignments(split, models: list[str], tiers: list[str], router_assign: np.ndarray) -> dict:
@@ -25,21 +27,111 @@ def baseline_assignments(split, models: list[str], tiers: list[str], router_assi
     return out
 
 
-def to_frame(rows: dict) -> pd.DataFrame:
-    """Policy name -> metric dict as a DataFrame with the report's column names; latencies in ms."""
+SCORERS = {"vqa": "VQAv2 accuracy, min(#matching human answers / 3, 1) averaged leave-one-out over ten answers",
+           "exact": "exact match against a reference answer after light normalisation",
+           "mc": "multiple choice (the gold option named by its letter or its text)",
+           "numeric": "a number in the answer equals the reference within a relative tolerance",
+           "given": "the outcome files' own grades, nothing recomputed"}  # config.SCORERS -> what a score is
+
+
+def accuracy_label(scorer: str, short: bool = True) -> str:
+    """The accuracy column / axis name: "VQA acc" ("VQA accuracy" with ``short`` False) for the vqa
+    scorer, else "accuracy"."""
+    return ("VQA acc" if short else "VQA accuracy") if scorer == "vqa" else "accuracy"
+
+
+def scorer_line(scorer: str) -> str:
+    """One header line naming the scorer (``cfg.dataset.scorer``) and what a score means."""
+    return f"Scorer: `{scorer}` ({SCORERS.get(scorer, 'see the config')}); accuracy is the mean score per question."
+
+
+def to_frame(rows: dict, scorer: str = "vqa") -> pd.DataFrame:
+    """Policy name -> metric dict as a DataFrame with the report's column names (the accuracy column
+    ``accuracy_label(scorer)``); latencies in ms."""
     df = pd.DataFrame({name: {c: r.get(c, np.nan) for c in COLUMNS} for name, r in rows.items()}).T
     df["mean_latency_s"] *= 1000.0
     df["p95_latency_s"] *= 1000.0
-    return df.rename(columns=COLUMNS)
+    return df.rename(columns={**COLUMNS, "accuracy": accuracy_label(scorer)})
 
 
-def markdown(df: pd.DataFrame) -> str:
-    """A Markdown table of policies with fixed precision per column."""
+def markdown(df: pd.DataFrame, marks: dict | None = None) -> str:
+    """A Markdown table of policies with fixed precision per column; ``marks`` (policy name -> set of
+    column names, e.g. ``configured_costs``) gets a dagger after those cells."""
+    marks = marks or {}
     head = "| policy | " + " | ".join(df.columns) + " |"
     sep = "|---|" + "---:|" * len(df.columns)
-    body = ["| " + name + " | " + " | ".join(_FMT.get(c, "{}").format(v) for c, v in row.items()) + " |"
-            for name, row in df.iterrows()]
+    body = ["| " + name + " | " + " | ".join(_FMT.get(c, "{}").format(v) + (" †" if c in marks.get(name, ()) else "")
+                                             for c, v in row.items()) + " |" for name, row in df.iterrows()]
     return "\n".join([head, sep, *body])
+
+
+COST_KEYS = ("mean_latency_s", "p95_latency_s", "mean_energy_j", "latency_reduction", "energy_reduction")
+
+
+def configured_costs(rows: dict, models: list[dict], cloud: int) -> tuple[dict, str]:
+    """Which policy-table cells rest on configured rather than measured compute times. ``rows``: policy
+    name -> ``metrics.policy_metrics`` dict (its ``shares`` (K,) in model order); ``models``: the
+    manifest's ``models`` (each may carry ``compute_source``: "measured" or "configured: <source>";
+    absent = measured); ``cloud`` the all-cloud reference index. Returns (marks for ``markdown``: every
+    latency / energy cell of a policy routing any share to a configured model, and the cuts vs cloud of
+    every policy when the reference is configured; the footnote line, "" when all are measured)."""
+    conf = [k for k, m in enumerate(models) if m.get("compute_source", "measured") != "measured"]
+    if not conf:
+        return {}, ""
+    marks = {}
+    for name, r in rows.items():
+        keys = COST_KEYS if any(r["shares"][k] > 0 for k in conf) else COST_KEYS[3:] if cloud in conf else ()
+        if keys:
+            marks[name] = {COLUMNS[k] for k in keys}
+    named = "; ".join(f"{models[k]['name']} ({models[k]['compute_source']})" for k in conf)
+    return marks, (f"† Compute time configured, not measured: {named}. Cells marked † use it (policies that route "
+                   "queries to these models; the cuts vs cloud too when the all-cloud reference is one of them); "
+                   "so do the latency and energy axes of the routing curves and plots.")
+
+
+def left_out_line(left: dict, models: list[str]) -> str:
+    """``baselines.confidence_left_out`` (name -> edge model index) as one line, "" when nothing is left out:
+    e.g. "cascade and combined left out: edge model X's outcomes carry no confidence"."""
+    by_model: dict[int, list[str]] = {}
+    for name, k in left.items():
+        by_model.setdefault(k, []).append(name)
+    return "; ".join(f"{' and '.join(names)} left out: edge model {models[k]}'s outcomes carry no confidence"
+                     for k, names in by_model.items()) + ("." if left else "")
+
+
+ROUTER_SPLITS = ("router-train", "router-val", "router-test")
+
+
+def split_check(table: pd.DataFrame, info: pd.DataFrame) -> dict | None:
+    """Whether any group (``info["group"]``: each sample's ``dataset.split_by`` value) has samples in two
+    router splits (the outcome table's ``split`` column; rows of other splits ignored): {"groups": number
+    of groups, "straddling": {group: [splits]} sorted by group}; None when ``info`` has no ``group``."""
+    if "group" not in info.columns:
+        return None
+    s = table.loc[table["split"].isin(ROUTER_SPLITS), ["sample_id", "split"]].drop_duplicates()
+    per = s.merge(info[["sample_id", "group"]], on="sample_id").groupby("group")["split"].unique()
+    return {"groups": int(len(per)), "straddling": {str(g): sorted(v) for g, v in sorted(per.items()) if len(v) > 1}}
+
+
+def split_lines(split_by: str, check: dict | None, info: pd.DataFrame) -> list[str]:
+    """Header lines on the router splits: the split key (``cfg.dataset.split_by``) with ``split_check``'s
+    result (a loud warning naming an offending group), and, when there are any, how many of ``info``'s
+    questions have an empty text (its bool column ``empty_question``; skipped without it)."""
+    line = f"Router splits by `{split_by}`"
+    if check is None:
+        line += "."
+    elif not check["straddling"]:
+        line += f": no group in two splits ({check['groups']} groups)."
+    else:
+        g, where = next(iter(check["straddling"].items()))
+        line = (f"**WARNING: {len(check['straddling'])} of {check['groups']} `{split_by}` groups lie in two router "
+                f"splits (e.g. {g!r} in {' and '.join(where)}): their questions leak between training and test, so "
+                "the figures below may be optimistic.**")
+    lines = [line]
+    if "empty_question" in info.columns and int(info["empty_question"].sum()):
+        k = int(info["empty_question"].sum())
+        lines.append(f"{k} of {len(info)} questions have an empty text (the image carries the question).")
+    return lines
 
 
 def interval_lines(iv: dict) -> str:
@@ -62,6 +154,103 @@ def routing_markdown(routing: dict, intervals: dict) -> str:
 
 
 PRE_DECISION_EXCLUDED = ("router", "random", "oracle", "oracle_curve", "cascade", "combined")
+
+
+def best_pre_decision(routing: dict) -> str | None:
+    """The baseline with the highest APGR among those deciding before any model runs (every routing-table
+    entry not in PRE_DECISION_EXCLUDED); None when there is none."""
+    pre = [k for k in routing if k not in PRE_DECISION_EXCLUDED]
+    return max(pre, key=lambda k: routing[k]["apgr"]) if pre else None
+
+
+def _iv(t) -> str:
+    return f"{t[0]:.3f} (95% interval {t[1]:.3f} to {t[2]:.3f})"
+
+
+def verdict_data(routing: dict, intervals: dict, paired: dict | None = None, decision: dict | None = None,
+                 refs: dict | None = None) -> dict:
+    """The verdict's facts (report.json ``verdict``). ``routing``: name -> ``metrics.routing_summary``;
+    ``intervals``: "<name>_routing" -> ``metrics.bootstrap_routing`` ({key: (point, lo, hi)}), at least
+    the router's; ``paired``: ``evaluate.compare_baselines``' paired difference; ``decision``: the
+    manifest's (``target_met``, ``deployed``); ``refs``: ``metrics.references`` of the test split. Keys:
+    ``skill`` (bool: the router's APGR interval lies above random routing's 0.5 and the all-cloud model
+    is more accurate than the best edge model, else PGR has no gap to measure; None without a router
+    sweep), ``gap`` (all-cloud minus best-edge accuracy, with ``refs``), ``router_apgr`` [point, lo, hi],
+    ``random_apgr`` 0.5, ``best_baseline`` (name or None), ``best_baseline_apgr`` [point, lo, hi] (NaN
+    bounds without its interval), ``difference_apgr`` (router minus it, paired) and ``beats_best_baseline``
+    (True: difference interval above 0, False: below 0, None: includes 0 or not computed),
+    ``target_met`` (bool), ``deployed`` (sentence or None)."""
+    decision = decision or {}
+    out: dict = {"skill": None, "random_apgr": 0.5, "best_baseline": None, "beats_best_baseline": None,
+                 "target_met": decision.get("target_met", True) is not False, "deployed": decision.get("deployed")}
+    iv = intervals.get("router_routing", {}).get("apgr")
+    if "router" in routing and iv is not None:
+        out["router_apgr"] = [float(v) for v in iv]
+        out["skill"] = bool(iv[1] > 0.5)
+    if refs is not None:
+        out["gap"] = float(refs["acc_cloud"] - refs["acc_edge"])
+        out["skill"] = out["skill"] and out["gap"] > 1e-12 if out["skill"] is not None else None
+    best = best_pre_decision(routing)
+    if best is not None:
+        out["best_baseline"] = best
+        nan = float("nan")
+        out["best_baseline_apgr"] = [float(v) for v in intervals.get(f"{best}_routing", {}).get(
+            "apgr", (routing[best]["apgr"], nan, nan))]
+        if paired and paired.get("baseline") == best:
+            d = [float(v) for v in paired["difference"]["apgr"]]
+            out["difference_apgr"] = d
+            out["beats_best_baseline"] = True if d[1] > 0 else False if d[2] < 0 else None
+    return out
+
+
+def verdict(routing: dict, intervals: dict, paired: dict | None = None, decision: dict | None = None,
+            refs: dict | None = None, models: list[str] | None = None) -> str:
+    """The report's top, in plain words (``verdict_data``'s arguments; ``models`` names the best edge
+    model of ``refs``): whether the router shows routing skill (its APGR interval above random
+    routing's 0.5) and what it means when not, whether it beats the best pre-decision baseline (paired
+    interval), and, when the deployed decision missed its target, what was deployed instead."""
+    v = verdict_data(routing, intervals, paired, decision, refs)
+    lines = []
+    if not v["target_met"]:
+        lines.append("**The tuned decision did not meet its target.** Deployed: "
+                     f"{v['deployed'] or 'see decision in report.json'}. The \"router\" row below is that decision.")
+    if v["skill"] is None:
+        lines.append("**Verdict: not available**: routing curves need an edge-tier model and the router's sweep.")
+        return "\n\n".join(lines)
+    a = v["router_apgr"]
+    head = (f"The router's APGR (its predicted P(correct) swept from all-edge to all-cloud) is {_iv(a)}; random "
+            "routing scores 0.5")
+    if v.get("gap", 1.0) <= 1e-12:
+        edge = models[refs["best_edge"]] if models else "the best edge model"
+        tie = "as accurate as" if abs(v["gap"]) <= 1e-12 else "more accurate than"
+        lines.append(f"**Verdict: no evidence of routing skill over random on this data.** On router-test {edge} "
+                     f"({refs['acc_edge']:.4f}) is {tie} all-cloud ({refs['acc_cloud']:.4f}): there is no accuracy gap "
+                     f"for routing to recover, so APGR ({a[0]:.3f}) does not measure skill here: all-edge already "
+                     f"{'matches' if tie.startswith('as') else 'beats'} all-cloud's accuracy.")
+    elif v["skill"]:
+        lines.append(f"**Verdict: routing skill detected.** {head}, below the whole interval: the queries it sends to "
+                     "the cloud gain more from the cloud than randomly chosen ones at the same cloud share.")
+    else:
+        where = "lies below" if a[2] < 0.5 else "includes"
+        worse = " (worse than random)" if a[2] < 0.5 else ""
+        lines.append(f"**Verdict: no evidence of routing skill over random on this data.** {head}, which the interval "
+                     f"{where}. Its decisions are no better than random{worse} at the same cloud share: sending the "
+                     "same fraction of randomly chosen queries to the cloud does as well, so any saving in the tables "
+                     "below comes from sending fewer queries to the cloud, not from choosing which ones.")
+    b = v["best_baseline"]
+    if b is None:
+        lines.append("No baseline was fitted, so none is compared.")
+    elif "difference_apgr" in v:
+        d = v["difference_apgr"]
+        what = {True: "the router beats it", False: "it beats the router",
+                None: "no evidence that either is better"}[v["beats_best_baseline"]]
+        lines.append(f"Best baseline that decides before running a model: {b}, APGR {_iv(v['best_baseline_apgr'])}. "
+                     f"Router minus {b} on the same resamples: {d[0]:+.3f} (95% interval {d[1]:+.3f} to {d[2]:+.3f}): "
+                     f"{what}.")
+    else:
+        lines.append(f"Best baseline that decides before running a model: {b}, APGR {v['best_baseline_apgr'][0]:.3f} "
+                     f"(router {a[0]:.3f}); no paired interval was computed.")
+    return "\n\n".join(lines)
 ORACLE_NOTE = ("oracle: the cheapest correct model per query, one point (its APGR can exceed 1: it beats "
                "all-cloud); oracle_curve: hindsight edge/cloud routing at every cloud share (queries sent to the "
                "cloud in order of what the cloud gains), the best curve any router between these two models "
@@ -90,17 +279,16 @@ def comparison_lines(routing: dict, router_interval: dict | None = None, paired:
         return ""
     r = routing["router"]
     lines = []
-    pre = {k: v for k, v in routing.items() if k not in PRE_DECISION_EXCLUDED}
-    if pre:
-        best = max(pre, key=lambda k: pre[k]["apgr"])
-        verdict = "above" if r["apgr"] > pre[best]["apgr"] else "NOT above"
+    best = best_pre_decision(routing)
+    if best is not None:
+        b = routing[best]["apgr"]
+        verdict = "above" if r["apgr"] > b else "NOT above"
         inside = ""
         if router_interval and "apgr" in router_interval:
             _, lo, hi = router_interval["apgr"]
-            where = "inside" if lo <= pre[best]["apgr"] <= hi else "outside"
-            inside = f"; {where} the router's 95% interval [{lo:.3f}, {hi:.3f}]"
+            inside = f"; {'inside' if lo <= b <= hi else 'outside'} the router's 95% interval [{lo:.3f}, {hi:.3f}]"
         lines.append(f"- Router APGR {r['apgr']:.3f}: {verdict} every baseline that decides before running a model "
-                     f"(best: {best} {pre[best]['apgr']:.3f}{inside}).")
+                     f"(best: {best} {b:.3f}{inside}).")
         if paired and paired.get("baseline") == best:
             d = {k: paired["difference"][k] for k in ("apgr", "apgr_latency")}
             sig = "excludes 0" if d["apgr"][1] > 0 or d["apgr"][2] < 0 else "includes 0"
@@ -130,8 +318,9 @@ def calibration_markdown(calib: dict) -> str:
     return "\n".join(lines)
 
 
-def guarantee_markdown(check: dict, deployed: dict | None) -> str:
-    """``evaluate.guarantee_check`` (and, in guarantee mode, the manifest's calibration record) as text."""
+def guarantee_markdown(check: dict, deployed: dict | None, scorer: str = "vqa") -> str:
+    """``evaluate.guarantee_check`` (and, in guarantee mode, the manifest's calibration record) as text;
+    ``scorer`` names the accuracy (``accuracy_label``)."""
     ok = "holds" if check["violation_rate"] <= check["delta"] else "FAILS"
     lines = []
     if deployed:
@@ -141,7 +330,7 @@ def guarantee_markdown(check: dict, deployed: dict | None) -> str:
         lines += [f"Deployed thresholds: Learn-then-Test at eps = {deployed['eps']:g}, delta = {deployed['delta']:g} "
                   f"({deployed['transform']}), {status}.", ""]
     lines += [f"Check on {check['resplits']} random resplits of {check['pool']} ({check['n_cal']} questions to "
-              f"calibrate, {check['n_test']} to test): tolerated loss eps = {check['eps']:g} (VQA accuracy lost "
+              f"calibrate, {check['n_test']} to test): tolerated loss eps = {check['eps']:g} ({accuracy_label(scorer, False)} lost "
               f"against all-cloud, i.e. {100 * check['eps']:g} points), delta = {check['delta']:g}, "
               f"{check['transform']} losses; assumes exchangeable samples.",
               "",
@@ -152,6 +341,10 @@ def guarantee_markdown(check: dict, deployed: dict | None) -> str:
               f"{100 * check['mean_test_loss']:.2f} | {check['mean_edge_threshold']:.4f} | "
               f"{check.get('mean_edge_share', float('nan')):.3f} |",
               f"| naive (calibration loss <= eps) | {check['naive_violation_rate']:.3f} | - | - | - | - |"]
+    if "deployed_violation_rate" in check:  # the exported thresholds themselves, fixed, on the same halves
+        lines.append(f"| deployed thresholds (fixed; loss > {100 * check['deployed_eps']:.2f} points, its target) | "
+                     f"{check['deployed_violation_rate']:.3f} | - | {100 * check['deployed_mean_loss']:.2f} | - | "
+                     f"{check['deployed_edge_share']:.3f} |")
     return "\n".join(lines)
 
 
@@ -173,7 +366,7 @@ def bandwidth_markdown(rows: list[dict]) -> str:
 
 def accuracy_by_degradation(table: pd.DataFrame, info: pd.DataFrame, models: list[str],
                             severity: tuple[float, float]) -> pd.DataFrame:
-    """Mean VQA score per model (columns) by degradation kind and severity band (rows: the config's
+    """Mean score per model (columns) by degradation kind and severity band (rows: the config's
     severity range in thirds), with question counts. ``info`` has sample_id, degradation, severity."""
     df = table.merge(info, on="sample_id")
     lo, hi = severity
@@ -196,8 +389,8 @@ def _plt():
     return plt
 
 
-def pareto_plot(path, curves: dict, points: dict, title: str) -> None:
-    """PNG with two panels, VQA accuracy against mean latency (ms) and against mean energy (J):
+def pareto_plot(path, curves: dict, points: dict, title: str, ylabel: str = "VQA accuracy") -> None:
+    """PNG with two panels, accuracy (axis ``ylabel``) against mean latency (ms) and mean energy (J):
     ``curves`` name -> metric dicts of a sweep (drawn as lines), ``points`` name -> metric dict (markers;
     the oracle and the router stand out)."""
     plt = _plt()
@@ -211,7 +404,7 @@ def pareto_plot(path, curves: dict, points: dict, title: str) -> None:
             style = "*" if name == "router" else "P" if name == "oracle" else next(markers)
             ax.plot(m[key] * scale, m["accuracy"], style, ms=12 if name in ("router", "oracle") else 7, label=name)
         ax.set_xlabel(label)
-        ax.set_ylabel("VQA accuracy")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)

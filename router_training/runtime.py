@@ -26,6 +26,10 @@ from .profile import DeploymentProfile
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "router.onnx"
+# A threshold no predicted P(correct) (a probability, at most 1) ever reaches: the model it is given is
+# never eligible. Tuning uses it to deploy "every query to one cloud model" with thresholds alone: that
+# model's threshold 0, every other model's NEVER_THRESHOLD.
+NEVER_THRESHOLD = 1.01
 
 
 def decide(probs: np.ndarray, latency_s: np.ndarray, energy_j: np.ndarray, thresholds: np.ndarray,

@@ -53,6 +53,7 @@ from optuna.trial import TrialState
 from . import fit, pipeline, tune
 from .config import FEATURE_GROUPS, Config, RouterConfig, SearchConfig
 from .features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, THUMBNAIL_SIDE, WORD_FEATURES
+from .runtime import NEVER_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ OBJECTIVES = {"single": ["edge_share"], "multi": ["accuracy", "mean_latency_s", 
 DIRECTIONS = {"single": ["maximize"], "multi": ["maximize", "minimize", "minimize"]}
 METRIC_KEYS = ("accuracy", "pct_cloud_accuracy", "edge_share", "mean_latency_s", "mean_energy_j",
                "latency_reduction", "energy_reduction")
-ALL_CLOUD_THRESHOLD = 1.01  # above any probability: no edge model is eligible
+ALL_CLOUD_THRESHOLD = NEVER_THRESHOLD  # above any probability: no edge model is eligible
 ALL_GROUPS = "+".join(FEATURE_GROUPS)
 _GROUP_COLUMNS = {"image": IMAGE_FEATURES, "text": TEXT_FEATURES, "words": WORD_FEATURES, "thumbnail": PIXEL_FEATURES}
 

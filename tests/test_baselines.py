@@ -337,3 +337,38 @@ def test_report_verdicts_from_the_routing_table():
     routing["combined"] = row(0.88, 0.875)  # below the cascade on the latency axis
     text = comparison_lines(routing)
     assert "NOT above" in text and "does not dominate" in text
+
+
+def test_confidence_baselines_left_out_when_the_edge_model_has_no_confidence(data):
+    """A model whose outcomes carry no confidence has NaN there: cascade and combined are not fitted (they
+    would read NaN), the others are; with confidences they run."""
+    tr, te, ctx = data["qtype"]
+    names = ["random", "qtype", "cascade", "combined"]
+    assert B.confidence_left_out(TIERS, tr, te) == {}
+    assert set(B.compare(tr, te, ctx, names=names, n=5)) == set(names)
+    bare = [dataclasses.replace(s, confidence=s.confidence.copy()) for s in (tr, te)]
+    for s in bare:
+        s.confidence[:, 0] = np.nan
+    assert B.confidence_left_out(TIERS, *bare) == {"cascade": 0, "combined": 0}
+    res = B.compare(*bare, ctx, names=names, n=5)
+    assert set(res) == {"random", "qtype"}
+    assert res["qtype"]["summary"]["apgr"] == pytest.approx(apgr(B.make("qtype").fit(tr, ctx), te))  # unaffected
+    # a NaN on the test split alone also leaves them out
+    test_only = dataclasses.replace(te, confidence=te.confidence.copy())
+    test_only.confidence[3, 0] = np.nan
+    assert B.confidence_left_out(TIERS, tr, test_only) == {"cascade": 0, "combined": 0}
+
+
+def test_combined_alone_left_out_when_another_edge_model_has_no_confidence():
+    """Three models: the best edge model (0) has confidences, edge model 1 has none. The cascade reads
+    model 0 only and still runs; combined may keep queries on model 1, so it is left out."""
+    rng = np.random.default_rng(0)
+    n, tiers = 50, ["edge", "edge", "cloud"]
+    score = np.stack([rng.random(n) < 0.7, rng.random(n) < 0.4, np.ones(n, bool)], 1)
+    conf = np.stack([rng.random(n), np.full(n, np.nan), rng.random(n)], 1)
+    s = _split(score, np.tile([0.01, 0.02, 0.2], (n, 1)), np.tile([0.1, 0.2, 0.3], (n, 1)), conf)
+    assert B.best_edge(s, tiers) == 0
+    assert B.confidence_left_out(tiers, s, s) == {"combined": 1}
+    res = B.compare(s, s, B.Context(tiers, 2), names=["cascade", "combined"], n=5)
+    assert list(res) == ["cascade"]
+    assert res["cascade"]["points"][-1]["cloud_share"] == 1.0

@@ -3,11 +3,18 @@ validity, fixed-sequence testing on a non-monotone risk, and the empirical guara
 random router-val / router-test resplits of a synthetic dataset."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from router_training import evaluate
 from router_training import guarantee as G
+from router_training.config import TuneConfig
+from router_training.features import FEATURE_NAMES, FEATURE_VERSION
+from router_training.fit import SplitArrays
+from router_training.profile import DeploymentProfile
+from router_training.runtime import NEVER_THRESHOLD, Router
 
 
 # ---------------------------------------------------------------------------------------------- p-values
@@ -92,7 +99,7 @@ def test_calibrate_router_matches_user_assign():
     kw = dict(expected_latency_s=np.array([0.1, 0.5]), expected_energy_j=np.array([1.0, 1.0]),
               lambda_latency=1.0, ref_latency_s=0.5)
     assign = G.router_assign(probs, tiers, **kw)
-    assert (assign(1.01).argmax(1) == 1).all()          # nothing eligible on the edge: all cloud
+    assert (assign(NEVER_THRESHOLD).argmax(1) == 1).all()  # nothing eligible on the edge: all cloud
     grid = np.linspace(1.0, 0.0, 21)
     a = G.calibrate_router(probs, score, tiers, 1, 0.05, 0.1, grid=grid, **kw)
     b = G.calibrate(assign, grid, score, 1, 0.05, 0.1)
@@ -141,3 +148,88 @@ def test_violation_rate_over_resplits_at_most_delta(transform):
     assert check["naive_violation_rate"] > 2 * delta        # the uncalibrated rule is not safe
     assert check["certified_rate"] > 0.9                    # and the guarantee is not vacuous
     assert 0.0 < check["mean_test_loss"] <= eps and 0.0 < check["mean_edge_threshold"] < 1.0
+
+
+# ---------------------------------------------------------------------------------------------- deployed policy
+
+def test_fixed_policy_check_uses_the_resplit_check_halves():
+    """One always-certified threshold (clip losses of mean ~.005 vs eps .05 on 1000 calibration samples):
+    resplit_check's test losses and edge shares are then the fixed policy's on the same halves."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    row = 0.01 * (rng.random(n) < 0.5)
+    edge = (rng.random(n) < 0.4).astype(float)
+    full = G.resplit_check(row[None], [0.5], 0.05, 0.1, "clip", resplits=50, seed=3, edge=edge[None])
+    assert full["certified_rate"] == 1.0
+    fixed = G.fixed_policy_check(row, 0.05, resplits=50, seed=3, edge=edge)
+    assert fixed["mean_test_loss"] == pytest.approx(full["mean_test_loss"], abs=1e-15)
+    assert fixed["mean_edge_share"] == pytest.approx(full["mean_edge_share"], abs=1e-15)
+    assert fixed["violation_rate"] == 0.0 and fixed["n_test"] == full["n_test"] == 1000
+    other = G.fixed_policy_check(row, 0.05, resplits=50, seed=4, edge=edge)
+    assert other["mean_edge_share"] != fixed["mean_edge_share"]   # another seed: other halves
+    with pytest.raises(ValueError):
+        G.fixed_policy_check(row[None], 0.05)
+
+
+def test_fixed_policy_check_by_hand():
+    losses = np.r_[np.full(10, 0.3), np.zeros(10)]          # 20 samples, mean .15
+    check = G.fixed_policy_check(losses, 0.05, resplits=100, cal_fraction=0.5, seed=0)
+    # a test half of 10 loses more than .05 unless it holds no .3 sample (1 / C(20, 10): never here)
+    assert check["violation_rate"] == 1.0
+    assert check["mean_test_loss"] == pytest.approx(0.15, abs=0.02)
+    zero = G.fixed_policy_check(np.zeros(20), 0.0, resplits=30, edge=np.zeros(20))
+    assert zero["violation_rate"] == 0.0 and zero["mean_test_loss"] == 0.0 and zero["mean_edge_share"] == 0.0
+
+
+class _Session:
+    """An onnxruntime stand-in: feature 0 of each row is its index into ``probs``."""
+
+    def __init__(self, probs):
+        self.probs = probs
+
+    def get_inputs(self):
+        return [SimpleNamespace(name="features")]
+
+    def run(self, _, feeds):
+        return [self.probs[feeds["features"][:, 0].round().astype(int)].astype(np.float32)]
+
+
+def _stub_router(probs, thresholds, lambda_latency=1.0):
+    profile = DeploymentProfile(name="t", edge_power_w=10.0, idle_power_w=3.0, radio_tx_power_w=2.0,
+                                uplink_mbps=10.0, downlink_mbps=50.0, rtt_s=0.05)
+    manifest = {
+        "features": {"version": FEATURE_VERSION, "names": list(FEATURE_NAMES),
+                     "mean": [0.0] * len(FEATURE_NAMES), "std": [1.0] * len(FEATURE_NAMES)},
+        "models": [{"name": "edge", "tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 3000.0},
+                   {"name": "cloud", "tier": "cloud", "mean_compute_s": 0.02, "mean_payload_bytes": 3000.0}],
+        "profile": profile.to_dict(),
+        "decision": {"thresholds": thresholds, "lambda_latency": lambda_latency, "lambda_energy": 0.0,
+                     "ref_latency_s": 0.07, "ref_energy_j": 0.2}}
+    return Router(manifest, _Session(probs))
+
+
+def test_guarantee_check_reports_the_deployed_policy():
+    """evaluate.guarantee_check on router-test (no guarantee mode): the deployed thresholds and lambdas
+    themselves, on the same resplits. All-cloud never loses; all-edge with an edge model right on 40%
+    and a cloud model on 80% loses .4 per question, far above eps .01, on every test half."""
+    rng = np.random.default_rng(6)
+    n = 400
+    score = np.stack([rng.random(n) < 0.4, rng.random(n) < 0.8], 1).astype(float)
+    probs = np.stack([rng.uniform(0.2, 0.9, n), np.full(n, 0.8)], 1)
+    x = np.zeros((n, len(FEATURE_NAMES)), np.float32)
+    x[:, 0] = np.arange(n)
+    test = SplitArrays([f"s{i}" for i in range(n)], x, score, np.zeros((n, 2)), np.zeros((n, 2)), np.zeros((n, 2)))
+    cfg = SimpleNamespace(tune=TuneConfig(max_accuracy_drop=0.01))
+    splits = {"router-test": test}
+
+    cloud = evaluate.guarantee_check(cfg, _stub_router(probs, [NEVER_THRESHOLD, 0.0]), splits, 1)
+    assert cloud["deployed_violation_rate"] == 0.0 and cloud["deployed_eps"] == pytest.approx(0.01)
+    assert cloud["deployed_mean_loss"] == 0.0 and cloud["deployed_edge_share"] == 0.0
+    assert cloud["resplits"] == 200 and cloud["pool"] == "router-test"
+
+    edge = evaluate.guarantee_check(cfg, _stub_router(probs, [0.0, 0.0], lambda_latency=5.0), splits, 1)
+    assert edge["deployed_edge_share"] == 1.0                      # lambda 5: the edge model always wins
+    assert edge["deployed_violation_rate"] == 1.0
+    assert edge["deployed_mean_loss"] == pytest.approx(score[:, 1].mean() - score[:, 0].mean(), abs=0.01)
+    # the recalibrated check on the same pool is unchanged by what was deployed
+    assert edge["violation_rate"] == cloud["violation_rate"] and edge["mean_test_loss"] == cloud["mean_test_loss"]

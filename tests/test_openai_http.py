@@ -58,13 +58,14 @@ def test_empty_batch_and_length_mismatch(chat_server):
             b.answer([solid("red"), solid("red")], ["q"])
 
 
-def test_no_logprobs_gives_zero_confidence(chat_server):
+def test_no_logprobs_gives_unknown_confidence(chat_server):
+    """No logprobs: confidence NaN (unknown), never a made-up 0 that a cascade would route on."""
     with make(chat_server) as b:
         (a,) = b.answer([solid("blue")], ["NOLOGPROBS colour?"])
-    assert (a.text, a.error, a.confidence) == ("blue", "", 0.0)
+    assert (a.text, a.error) == ("blue", "") and math.isnan(a.confidence)
     with make(chat_server, logprobs=False) as b:
         (a,) = b.answer([solid("blue")], ["plain colour?"])
-    assert (a.text, a.confidence) == ("blue", 0.0)
+    assert a.text == "blue" and math.isnan(a.confidence)
     assert chat_server.by_question("plain colour?")[0]["logprobs"] is None
 
 

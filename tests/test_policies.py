@@ -5,7 +5,7 @@ import pytest
 
 from router_training import policies as P
 from router_training.fit import SplitArrays
-from router_training.runtime import decide
+from router_training.runtime import NEVER_THRESHOLD, decide
 
 TIERS = ["edge", "edge", "cloud"]
 CLOUD = 2
@@ -154,7 +154,7 @@ def test_decide_thresholds_make_models_ineligible():
     np.testing.assert_array_equal(idx, [0, 1, 2])
     # a threshold above every probability removes the model entirely
     # (s0, s1 then go to model 1: -0.95 + 0.4 < 0.01 and -0.8 + 0.4 < 0.01)
-    idx = decide(PROBS, LAT, EN, np.array([1.01, 0.0, 0.0]), 1.0, 0.0, 0.5, 0.5)
+    idx = decide(PROBS, LAT, EN, np.array([NEVER_THRESHOLD, 0.0, 0.0]), 1.0, 0.0, 0.5, 0.5)
     assert 0 not in idx
     np.testing.assert_array_equal(idx[:2], [1, 1])
 

@@ -62,7 +62,7 @@ def test_replay_jsonl_computes_what_the_file_lacks(tmp_path):
     path = tmp_path / "edge.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = outcomes.replay(ds, "edge-vlm", "edge", path, {"sample_id": "qid", "answer": "pred", "confidence": "p"},
-                          tmp_path / "out")
+                          tmp_path / "out", compute_s=0.125)
     check_schema(out)
     t = read_parts(out).set_index("sample_id").loc[ds["sample_id"]]
     assert (t["model"] == "edge-vlm").all() and (t["tier"] == "edge").all() and (t["error"] == "").all()
@@ -70,7 +70,7 @@ def test_replay_jsonl_computes_what_the_file_lacks(tmp_path):
     expected = [vqa_score(r["pred"], refs) for r, refs in zip(rows, ds["answers"])]
     np.testing.assert_allclose(t["score"], expected, atol=1e-6)
     assert t.loc["000", "score"] == pytest.approx(vqa_score("0", ["0"] * 3 + ["x"] * 7)) and t.loc["001", "score"] == 0
-    assert (t["confidence"] == 0.25).all() and (t["compute_s"] == 0.0).all()
+    assert (t["confidence"] == 0.25).all() and (t["compute_s"] == 0.125).all()  # the config's, never a silent 0
     for sid, r in zip(ds["sample_id"], ds):
         assert t.loc[sid, "payload_bytes"] == backends.payload_bytes(r["image"], r["question"])
 
@@ -100,10 +100,11 @@ def test_replay_parquet_missing_samples_are_errors_and_rerun_adds_nothing(tmp_pa
     have = [f"{i:03d}" for i in range(12) if i not in (4, 9)] + ["not-in-dataset"]
     path = tmp_path / "outcomes.parquet"
     pd.DataFrame({"sample_id": have, "answer": [str(int(s)) if s.isdigit() else "?" for s in have]}).to_parquet(path)
-    out = outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
+    out = outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out", compute_s=0.1)
     check_schema(out)
     t = read_parts(out).set_index("sample_id")
     assert len(t) == 12 and "not-in-dataset" not in t.index
+    assert t["confidence"].isna().all()  # unknown, not 0: baselines that need it are left out
     for sid in ("004", "009"):
         assert t.loc[sid, "error"] == f"not in replay file {path}"
         assert t.loc[sid, "score"] == 0 and t.loc[sid, "answer"] == ""
@@ -111,7 +112,7 @@ def test_replay_parquet_missing_samples_are_errors_and_rerun_adds_nothing(tmp_pa
     assert (ok["error"] == "").all() and (ok["score"] > 0).all()
     parts = sorted(out.glob("part-*.parquet"))
     before = {p: p.stat().st_mtime_ns for p in parts}
-    outcomes.replay(ds, "m", "edge", path, None, out)
+    outcomes.replay(ds, "m", "edge", path, None, out, compute_s=0.1)
     assert {p: p.stat().st_mtime_ns for p in sorted(out.glob("part-*.parquet"))} == before
     assert len(outcomes.load(tmp_path, ["out"])) == 12  # raises on duplicate rows
 
@@ -120,8 +121,8 @@ def test_replay_resumes_a_partial_collection(tmp_path):
     ds = make_dataset()
     path = tmp_path / "o.jsonl"
     path.write_text("".join(json.dumps({"sample_id": f"{i:03d}", "answer": str(i)}) + "\n" for i in range(12)))
-    outcomes.replay(ds.select(range(5)), "m", "cloud", path, None, tmp_path / "out")
-    outcomes.replay(ds, "m", "cloud", path, None, tmp_path / "out")
+    outcomes.replay(ds.select(range(5)), "m", "cloud", path, None, tmp_path / "out", compute_s=1.0)
+    outcomes.replay(ds, "m", "cloud", path, None, tmp_path / "out", compute_s=1.0)
     t = read_parts(tmp_path / "out")
     assert len(t) == 12 and t["sample_id"].is_unique and len(list((tmp_path / "out").glob("part-*"))) == 2
 
@@ -130,9 +131,13 @@ def test_replay_file_errors(tmp_path):
     ds = make_dataset(4)
     path = tmp_path / "o.csv"
     pd.DataFrame({"sample_id": ["000", "001"], "prediction": ["a", "b"]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"column 'answer' \(for our 'answer'\) not found; available columns: "
-                                         r"\['sample_id', 'prediction'\]"):
+    with pytest.raises(ValueError, match=r"no answer, score or correct column \(columns: \['sample_id', 'prediction'\]\)"):
         outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"column 'text' \(for our 'answer'\) not found; available columns: "
+                                         r"\['sample_id', 'prediction'\]"):
+        outcomes.replay(ds, "m", "edge", path, {"answer": "text"}, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"model 'm': 2 of its outcomes .* have no compute time .*models\[\].compute_s"):
+        outcomes.replay(ds, "m", "edge", path, {"answer": "prediction"}, tmp_path / "out")
     with pytest.raises(ValueError, match=r"column 'conf' \(for our 'confidence'\) not found"):
         outcomes.replay(ds, "m", "edge", path, {"answer": "prediction", "confidence": "conf"}, tmp_path / "out")
     pd.DataFrame({"sample_id": ["000", "000"], "answer": ["a", "b"]}).to_csv(path, index=False)
@@ -150,6 +155,83 @@ def test_replay_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         outcomes.replay(ds, "m", "edge", tmp_path / "nope.jsonl", None, tmp_path / "out")
     assert not list((tmp_path / "out").glob("part-*"))
+
+
+def test_replay_long_format_grades_only(tmp_path):
+    """One long file for every model (a model column), grades without answers, no reference answers in
+    the dataset, no costs in the file: BlindTest's shape. Each model's rows are its own; the grade is the
+    file's; compute time the config's; confidence unknown; the image payload computed once per image."""
+    ds = make_dataset().map(lambda r: {"answers": []})
+    rows = []
+    for i in range(12):
+        rows.append({"qid": f"{i:03d}", "system": "small", "prediction": None, "is_correct": i % 2 == 0})
+        rows.append({"qid": f"{i:03d}", "system": "big", "prediction": None, "is_correct": ["yes", "no", "true"][i % 3]})
+    path = tmp_path / "all.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = []
+
+    def payloads(ids):
+        calls.append(set(ids))
+        return outcomes.image_payloads(ds, ids)
+
+    known = {}
+
+    def cached(ids):  # what pipeline.image_payloads does: compute each image once for all models
+        todo = set(ids) - set(known)
+        if todo:
+            known.update(payloads(todo))
+        return known
+
+    cols = {"sample_id": "qid", "correct": "is_correct"}
+    for name, comp in (("small", 0.5), ("big", 2.0)):
+        outcomes.replay(ds, name, "edge" if name == "small" else "cloud", path, cols, tmp_path / name,
+                        model_column="system", model_value=name, compute_s=comp, image_payload=cached)
+    t = outcomes.load(tmp_path, ["small", "big"]).set_index(["model", "sample_id"])
+    assert t.loc["small", "score"].tolist() == [float(i % 2 == 0) for i in range(12)]
+    assert t.loc["big", "score"].tolist() == [float(i % 3 != 1) for i in range(12)]
+    assert (t.loc["small", "compute_s"] == 0.5).all() and (t.loc["big", "compute_s"] == 2.0).all()
+    assert t["confidence"].isna().all() and (t["error"] == "").all()
+    assert len(calls) == 1 and calls[0] == set(ds["image_id"])  # 6 images, once, for both models
+    r = ds[3]
+    assert t.loc[("big", "003"), "payload_bytes"] == backends.payload_bytes(r["image"], r["question"])
+    with pytest.raises(ValueError, match=r"no rows with system == 'gpt'; the file has \['big', 'small'\]"):
+        outcomes.replay(ds, "gpt", "edge", path, cols, tmp_path / "gpt", model_column="system", compute_s=1.0)
+    with pytest.raises(ValueError, match=r"12 samples have neither a grade .* nor a reference answer"):
+        outcomes.replay(ds, "small", "edge", path, {"sample_id": "qid", "answer": "prediction"}, tmp_path / "x",
+                        model_column="system", model_value="small", compute_s=1.0)
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"sample_id": ["000"], "correct": ["maybe"]}).to_csv(bad, index=False)
+    with pytest.raises(ValueError, match=r"'maybe' on row 0 is not a grade"):
+        outcomes.replay(ds, "m", "edge", bad, None, tmp_path / "y", compute_s=1.0)
+
+
+def test_outcomes_section_and_costs_in_the_config(tmp_path, monkeypatch):
+    """``outcomes: {path, model_column, columns}`` makes every model without a backend replay that file;
+    ``${VAR}`` paths come from the environment; configured compute_s needs its source."""
+    monkeypatch.setenv("MY_RESULTS", str(tmp_path))
+    d = {"name": "r", "dataset": {"kind": "folder", "images_dir": "${MY_RESULTS}/img", "questions": "${MY_RESULTS}/q.jsonl"},
+         "outcomes": {"path": "${MY_RESULTS}/all.jsonl", "model_column": "system", "columns": {"sample_id": "qid"}},
+         "models": [{"name": "a", "tier": "edge", "compute_s": 1.0, "compute_source": "measured on our phone"},
+                    {"name": "b", "tier": "cloud", "compute_s": 2, "compute_source": "vendor docs",
+                     "options": {"model_value": "B-v2"}}],
+         "profile": str(REPO / "configs" / "profiles" / "phone_wifi.yaml")}
+    cfg = config.from_dict(d, base=tmp_path)
+    a, b = cfg.models
+    assert a.backend == b.backend == "replay"
+    assert a.options == {"path": str(tmp_path / "all.jsonl"), "model_column": "system", "columns": {"sample_id": "qid"},
+                         "model_value": "a"}
+    assert b.options["model_value"] == "B-v2" and cfg.dataset.images_dir == str(tmp_path / "img")
+    monkeypatch.delenv("MY_RESULTS")
+    with pytest.raises(ValueError, match=r"needs the environment variable MY_RESULTS"):
+        config.from_dict(d, base=tmp_path)
+    with pytest.raises(ValueError, match=r"compute_s 1.0 needs compute_source"):
+        config.ModelConfig(name="a", tier="edge", compute_s=1.0)
+    with pytest.raises(ValueError, match=r"model_value needs model_column"):
+        config.ModelConfig(name="a", tier="edge", backend="replay", options={"path": "x", "model_value": "a"})
+    with pytest.raises(ValueError, match=r"not both"):
+        config.TuneConfig(min_cloud_accuracy_ratio=0.97, max_accuracy_drop=0.01)
+    assert config.TuneConfig().accuracy_floor(0.8) == pytest.approx(0.792)
+    assert config.TuneConfig(max_accuracy_drop=0.01).accuracy_floor(0.8) == pytest.approx(0.79)
 
 
 def test_replay_model_config(tmp_path):
@@ -192,7 +274,8 @@ def test_pipeline_on_a_folder_dataset_with_replay_models(tmp_path):
         "name": "byod",
         "dataset": {"kind": "folder", "images_dir": "mine/images", "questions": "mine/questions.jsonl"},
         "models": [
-            {"name": "edge-vlm", "tier": "edge", "backend": "replay",
+            {"name": "edge-vlm", "tier": "edge", "backend": "replay", "compute_s": 0.05,
+             "compute_source": "test: only some rows time it",
              "options": {"path": "mine/edge.jsonl",
                          "columns": {"sample_id": "question_id", "answer": "output", "compute_s": "latency"}}},
             {"name": "cloud-vlm", "tier": "cloud", "backend": "replay",

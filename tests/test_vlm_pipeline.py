@@ -21,6 +21,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from router_training import backends, config, outcomes, pipeline
+from router_training.runtime import NEVER_THRESHOLD
 
 from tiny_vlms import build_idefics3, build_qwen2_vl
 
@@ -127,7 +128,8 @@ def test_tune_falls_back_to_all_cloud_and_the_report_still_builds(vlm_run):
     strict = config.load(cfg.workdir.parent / "tiny_vlms.yaml", workdir=cfg.workdir)
     strict.tune.min_cloud_accuracy_ratio = 1.5
     decision = pipeline.stage_tune(strict)
-    assert decision["trial"] is None and decision["thresholds"] == [1.01, 0.0]
+    assert decision["trial"] is None and decision["thresholds"] == [NEVER_THRESHOLD, 0.0]
+    assert decision["target_met"] is False and "cloud-qwen2vl" in decision["deployed"]
     assert decision["val_metrics"]["edge_share"] == 0.0
     assert pipeline.stage_export(strict)["same_decisions"]
     table = pipeline.stage_report(strict)
