@@ -89,6 +89,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+# Lightning's set-up chatter and advertising, not information about this run
+_NOISE = ("litlogger", "Tip: For seamless cloud logging", "GPU available:", "TPU available:", "HPU available:",
+          "LOCAL_RANK:")
+
+
+def _drop_noise(record: logging.LogRecord) -> bool:
+    return not any(n in record.getMessage() for n in _NOISE)
+
+
+def _one_line_per_message() -> None:
+    """Lightning gives the "lightning" logger a console handler of its own and lets it propagate to ours,
+    so each of its messages printed twice: keep ours (one format) and drop its noise (``_NOISE``)."""
+    import warnings
+
+    import lightning
+
+    # raised inside Lightning itself on every fit with this torch; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # a refit
+    lg = logging.getLogger(lightning.__name__)
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+    for h in logging.getLogger().handlers:
+        h.addFilter(_drop_noise)
+
+
 def _run(args) -> int:
     if args.command == "route":
         from PIL import Image
@@ -111,6 +137,7 @@ def _run(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here loads from a hub
     from . import config, data, pipeline
 
+    _one_line_per_message()
     cfg = config.load(args.config, args.workdir)
     cmd = args.command
     if cmd in ("run", "collect"):

@@ -14,12 +14,14 @@ filter-based features.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import re
+import unicodedata
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from . import images
 
 IMAGE_FEATURES: tuple[str, ...] = (
     "log_laplacian_var",  # log1p(var of 4-neighbour Laplacian), grey 0..255
@@ -76,12 +78,11 @@ FEATURE_NAMES: tuple[str, ...] = IMAGE_FEATURES + TEXT_FEATURES + WORD_FEATURES 
 
 # Bumped whenever a feature's definition changes (same names, other values): cached feature tables and
 # exported routers of another version are then recomputed / refused instead of silently mismatched.
-FEATURE_VERSION = 4
+FEATURE_VERSION = 5
 EDGE_THRESHOLD = 100.0  # Sobel magnitude on grey 0..255; = a 25-grey-level step edge
 JPEG_QUALITY = 75
 ANALYSIS_MAX_SIDE = 64  # global pixel statistics on at most 64 px (easy-VQA's 64 px images are analysed whole)
-SHARPNESS_CROP = 64  # blur and noise on the central 64 x 64 px at native resolution
-_ORIENTATION = 0x0112  # EXIF tag
+SHARPNESS_CROP = 64  # blur and noise on the central 64 x 64 px of the working image (images.load)
 
 _AUX = frozenset(
     "is are was were am do does did can could will would should shall has have had "
@@ -90,22 +91,21 @@ _AUX = frozenset(
 _WH = {"what": "what", "which": "which", "who": "who", "whom": "who", "whose": "who",
        "where": "where", "when": "when", "why": "why", "how": "how"}
 _COLOR_WORDS = frozenset(("color", "colour", "colors", "colours"))
-_TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Tokens: runs of anything but whitespace, punctuation and the apostrophe (inner apostrophes kept:
+# "isn't"), in any script; kana and CJK ideographs, written without spaces, are one token each.
+# On ASCII text this is what [a-z0-9]+('[a-z]+)? gave before (easy-VQA's tokens are unchanged).
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_SEP = ("\\s!-&(-/:-@\\[-`{-~\u00a1-\u00bf\u00d7\u00f7\u055d-\u055f\u0589\u060c\u061b\u061f\u0964\u0965"
+        "\u1362\u2000-\u206f\u3000-\u303f'")
+_TOKEN_RE = re.compile(f"[{_CJK}]|[^{_SEP}{_CJK}]+(?:'[^{_SEP}{_CJK}]+)*")
+MAX_QUESTION_CHARS = 2000  # after normalisation; VQA questions are under 200, BlindTest's under 120
+# C0 and C1 control characters other than the whitespace ones (tab, newline, vertical tab, form feed,
+# carriage return), DEL, and lone UTF-16 surrogates (not encodable as UTF-8)
+_CONTROL_RE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB, EXIF orientation applied (as ``images.prepare`` does for the models, so
-    features see the image the models see).  16-bit modes ("I;16*") are scaled by 1/257 to 0..255
-    (Pillow's own conversion would clip them); "I"/"F" are clipped by Pillow.  An RGB image without an
-    orientation tag is returned as is (no copy: this runs per query on the device)."""
-    if image.width * image.height == 0:
-        raise ValueError(f"image has no pixels (size {image.size})")
-    if image.getexif().get(_ORIENTATION, 1) != 1:
-        image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I;16"):
-        a = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.round(a).astype(np.uint8))  # 2-D uint8 -> "L"
-    return image if image.mode == "RGB" else image.convert("RGB")
+class QuestionError(ValueError):
+    """A question the router refuses (``check_question``)."""
 
 
 def _mean_var(x: np.ndarray) -> tuple[float, float]:
@@ -116,22 +116,32 @@ def _mean_var(x: np.ndarray) -> tuple[float, float]:
     return m, float(np.dot(d, d)) / d.size
 
 
-def _conv_valid(a: np.ndarray, row: tuple, col: tuple) -> np.ndarray:
-    """Separable 3x3 correlation row^T (x) col over a (H, W) array, 'valid' mode -> (H-2, W-2)."""
-    v = row[0] * a[:-2] + row[1] * a[1:-1] + row[2] * a[2:]
-    return col[0] * v[:, :-2] + col[1] * v[:, 1:-1] + col[2] * v[:, 2:]
+def _second_diff(a: np.ndarray, centre: float) -> np.ndarray:
+    """'Valid' 3x3 separable filter [1, centre, 1]^T (x) [1, centre, 1] over a (H, W) array -> (H-2, W-2)
+    (centre -2: Immerkaer's noise operator N)."""
+    v = a[:-2] + a[2:] + centre * a[1:-1]
+    return v[:, :-2] + v[:, 2:] + centre * v[:, 1:-1]
+
+
+def _sobel_sq(a: np.ndarray) -> np.ndarray:
+    """Squared Sobel gradient magnitude gx^2 + gy^2 of a (H, W) array, 'valid' mode -> (H-2, W-2)."""
+    v = a[:-2] + a[2:] + 2.0 * a[1:-1]
+    gx = v[:, 2:] - v[:, :-2]
+    d = a[2:] - a[:-2]
+    gy = d[:, :-2] + d[:, 2:] + 2.0 * d[:, 1:-1]
+    return gx * gx + gy * gy
 
 
 def analysis_views(rgb: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """(thumbnail, crop) of an RGB image: the thumbnail has its longer side at most ANALYSIS_MAX_SIDE px
-    (aspect ratio kept), sampled by nearest neighbour; the crop is the central SHARPNESS_CROP x
-    SHARPNESS_CROP px (or less) at native resolution.  Both are the image itself when it fits in
-    ANALYSIS_MAX_SIDE (easy-VQA's 64 px images).
+    """(thumbnail, crop) of an RGB working image (``images.load``): the thumbnail has its longer side at
+    most ANALYSIS_MAX_SIDE px (aspect ratio kept), sampled by nearest neighbour; the crop is the central
+    SHARPNESS_CROP x SHARPNESS_CROP px (or less) of the working image.  Both are the image itself when it
+    fits in ANALYSIS_MAX_SIDE (easy-VQA's 64 px images).
 
     Nearest-neighbour sampling reads only the thumbnail's pixels, so the cost does not grow with the
-    camera resolution (a box filter reads every pixel: ~0.2 ms for 512 x 512 on a 2-core x86 CPU, tens
-    of ms for a 12 MP frame).  It does not average: sensor noise and fine texture reach the thumbnail
-    as they are (aliased), and the entropy, edge density and JPEG size computed on it reflect them."""
+    working image's size (a box filter reads every pixel: ~0.2 ms for 512 x 512 on a 2-core x86 CPU).
+    It does not average: fine texture reaches the thumbnail as it is (aliased), and the entropy, edge
+    density and JPEG size computed on it reflect it."""
     w, h = rgb.size
     if max(w, h) <= ANALYSIS_MAX_SIDE:
         return rgb, rgb
@@ -142,8 +152,9 @@ def analysis_views(rgb: Image.Image) -> tuple[Image.Image, Image.Image]:
     return thumb, rgb.crop((left, top, left + cw, top + ch))
 
 
-def image_features(image: Image.Image) -> np.ndarray:
-    """Image features, float32 shape (len(IMAGE_FEATURES),), order IMAGE_FEATURES.
+def image_features(image, max_pixels: int | None = None) -> np.ndarray:
+    """Image features, float32 shape (len(IMAGE_FEATURES),), order IMAGE_FEATURES, of any image
+    ``images.load`` reads (a PIL image in any mode, a path, bytes, a file object or a ``datasets`` cell).
 
     - log_laplacian_var: log1p(var(L)), L = grey * [[0,1,0],[1,-4,1],[0,1,0]]
       (variance of Laplacian focus measure; Pech-Pacheco et al., ICPR 2000).
@@ -161,48 +172,43 @@ def image_features(image: Image.Image) -> np.ndarray:
     - mean_saturation: mean HSV saturation (max - min) / max of R, G, B (0 for black), 0..1.
     - width_px, height_px, log2_pixels: size in pixels and log2(W*H).
 
-    Where each is measured (``analysis_views``), so the cost is bounded (a few tenths of a ms) whatever
-    the camera resolution: blur and noise (log_laplacian_var, noise_sigma) on a central crop at native
-    resolution, because at 1/k scale a blur of radius r shrinks to r/k and the Laplacian and Immerkaer
-    operators then see the image's content, not its sharpness or noise; the other pixel statistics on
-    a thumbnail of at most ANALYSIS_MAX_SIDE px; the size features on the full image.  Raises
-    ValueError for a 0-pixel image.
+    Where each is measured, so the cost is bounded (a few tenths of a ms after decoding) whatever the
+    resolution: on the working image of ``images.load`` (the image itself below 2 x images.WORK_SIDE px,
+    else box-reduced by a power of two to a longer side below that), blur and noise (log_laplacian_var,
+    noise_sigma) on its central crop, because at 1/k scale a blur of radius r shrinks to r/k and the
+    Laplacian and Immerkaer operators then see the image's content, not its sharpness or noise; the other
+    pixel statistics on a thumbnail of at most ANALYSIS_MAX_SIDE px (``analysis_views``); the size
+    features on the full (EXIF-oriented) image.  Raises ValueError for a 0-pixel image and as
+    ``images.load`` (ImageTooLarge above ``max_pixels``).
     """
-    return _image_of(*_views(image))
+    return _image_of(*_views(image, max_pixels))
 
 
-def _views(image: Image.Image) -> tuple[tuple[int, int], Image.Image, Image.Image]:
-    """(full size, thumbnail, crop) of any image: ``_to_rgb`` then ``analysis_views``."""
-    rgb = _to_rgb(image)
-    return (rgb.size, *analysis_views(rgb))
+def _views(image, max_pixels: int | None = None) -> tuple[tuple[int, int], Image.Image, Image.Image]:
+    """(full size, thumbnail, crop) of any image: ``images.load`` then ``analysis_views``."""
+    work, size = images.load(image, max_pixels)
+    return (size, *analysis_views(work))
 
 
 def _image_of(size: tuple[int, int], thumb: Image.Image, crop: Image.Image) -> np.ndarray:
     """``image_features`` from the image's ``_views``."""
     full_w, full_h = size
     lap_var = noise = 0.0
-    grey_u8 = np.asarray(thumb.convert("L"))
-    g = grey_u8.astype(np.float32)
+    grey = thumb.convert("L")
+    g = np.asarray(grey, dtype=np.float32)
     c = g if crop is thumb else np.asarray(crop.convert("L"), dtype=np.float32)
     if min(c.shape) >= 3:
         lap = c[:-2, 1:-1] + c[2:, 1:-1] + c[1:-1, :-2] + c[1:-1, 2:] - 4.0 * c[1:-1, 1:-1]
         lap_var = _mean_var(lap)[1]
-        r = _conv_valid(c, (1, -2, 1), (1, -2, 1))
+        r = _second_diff(c, -2.0)
         noise = math.sqrt(math.pi / 2) * float(np.abs(r).sum()) / r.size / 6.0
-
     n = thumb.width * thumb.height
-    hist = np.bincount(grey_u8.ravel(), minlength=256)
-    p = hist[hist > 0] / n
-    entropy = float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
+    entropy = grey.entropy() + 0.0  # Pillow's, over the 256-bin histogram, in bits; + 0.0 turns -0.0 into 0.0
     edge = 0.0
     if min(g.shape) >= 3:
-        gx = _conv_valid(g, (1, 2, 1), (-1, 0, 1))
-        gy = _conv_valid(g, (-1, 0, 1), (1, 2, 1))
-        edge = np.count_nonzero(gx * gx + gy * gy > EDGE_THRESHOLD ** 2) / gx.size
-
-    buf = io.BytesIO()
-    thumb.save(buf, format="JPEG", quality=JPEG_QUALITY)
-    bpp = buf.tell() * 8.0 / n
+        sq = _sobel_sq(g)
+        edge = np.count_nonzero(sq > EDGE_THRESHOLD ** 2) / sq.size
+    bpp = len(thumb.tobytes("jpeg", "RGB", JPEG_QUALITY)) * 8.0 / n  # = Image.save(format="JPEG", quality=75)
 
     rgb8 = np.asarray(thumb)
     r8, g8, b8 = rgb8[..., 0], rgb8[..., 1], rgb8[..., 2]  # channel slices: numpy is slow over a 3-long axis
@@ -222,34 +228,65 @@ def _image_of(size: tuple[int, int], thumb: Image.Image, crop: Image.Image) -> n
     ], dtype=np.float32)
 
 
-def thumbnail(image: Image.Image) -> np.ndarray:
+def thumbnail(image, max_pixels: int | None = None) -> np.ndarray:
     """The image as the router's CNN sees it, float32 shape (len(PIXEL_FEATURES),), order PIXEL_FEATURES
     (channel-first: the R plane row by row, then G, then B): the ``analysis_views`` thumbnail resized
     to THUMBNAIL_SIDE x THUMBNAIL_SIDE (box filter; the aspect ratio is not kept) with values divided by
     its brightest channel value, so 0..1 whatever the exposure (brightness itself is an IMAGE_FEATURES
-    column).
+    column).  ``image`` as for ``image_features``.
     Raises ValueError for a 0-pixel image."""
-    return _thumbnail_of(_views(image)[1])
+    return _thumbnail_of(_views(image, max_pixels)[1])
 
 
 def _thumbnail_of(thumb: Image.Image) -> np.ndarray:
     """``thumbnail`` from the ``analysis_views`` thumbnail."""
     side = THUMBNAIL_SIDE
-    a = np.asarray(thumb.resize((side, side), Image.Resampling.BOX), dtype=np.float32).transpose(2, 0, 1).ravel()
-    return a / max(float(a.max()), 1.0)
+    a = np.asarray(thumb.resize((side, side), Image.Resampling.BOX)).transpose(2, 0, 1).ravel()
+    return a.astype(np.float32) / np.float32(max(int(a.max()), 1))
 
 
-def image_parts(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """(``image_features``, ``thumbnail``) of one image, its views computed once."""
-    size, thumb, crop = _views(image)
+def image_parts(image, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(``image_features``, ``thumbnail``) of one image, its views computed once; ``image`` as for
+    ``image_features``."""
+    size, thumb, crop = _views(image, max_pixels)
     return _image_of(size, thumb, crop), _thumbnail_of(thumb)
 
 
-def _tokens(question: str) -> list[str]:
-    """Lowercase word tokens; curly apostrophes normalised, punctuation dropped."""
+def _normalise(question: str) -> str:
+    """NFKC form (full-width letters and digits as ASCII, ligatures split) with every run of whitespace
+    (any Unicode space, tab or line break) one space and the ends stripped. Raises TypeError for a
+    non-string."""
     if not isinstance(question, str):
         raise TypeError(f"question must be str, got {type(question).__name__}")
-    return _TOKEN_RE.findall(question.lower().replace("\u2019", "'"))
+    if question.isascii():  # the common case: NFKC changes nothing
+        return " ".join(question.split())
+    return " ".join(unicodedata.normalize("NFKC", question).split())
+
+
+def check_question(question: str) -> tuple[str, str | None]:
+    """The one question rule of the data stage and the device: (the text the router reads, a warning or
+    None). The text is ``_normalise``d; any script is accepted (``_tokens``).
+
+    An empty text (empty or whitespace only) is allowed with the warning "empty question": the image may
+    carry the question (the router then sees no words). Raises TypeError for a non-string and
+    QuestionError for a control character other than whitespace (C0 / C1 controls, DEL: binary garbage
+    or a terminal escape, not a question), a lone surrogate (not UTF-8 encodable) or a text longer than
+    MAX_QUESTION_CHARS characters."""
+    text = _normalise(question)
+    bad = _CONTROL_RE.search(text)
+    if bad is not None:
+        raise QuestionError(f"question has control character U+{ord(bad.group()):04X} at position {bad.start()}; "
+                            "remove it (only printable text and whitespace are read)")
+    if len(text) > MAX_QUESTION_CHARS:
+        raise QuestionError(f"question has {len(text)} characters, more than MAX_QUESTION_CHARS = "
+                            f"{MAX_QUESTION_CHARS}; shorten it")
+    return text, (None if text else "empty question: the router sees only the image")
+
+
+def _tokens(text: str) -> list[str]:
+    """Lowercase word tokens of a ``_normalise``d text (see ``_TOKEN_RE``); curly apostrophes as straight
+    ones."""
+    return _TOKEN_RE.findall(text.lower().replace("\u2019", "'"))
 
 
 def _type_at(t: list[str], i: int) -> str | None:
@@ -270,9 +307,9 @@ def question_type(question: str) -> str:
     color" -> color; leading auxiliary verb (is/are/do/can/has/...) -> yes/no;
     wh-words -> their own type (whom/whose -> who).  If the first word matches
     none of these, the first count/color/wh pattern later on is used (e.g. "In the
-    image, how many ..."), else "other".
+    image, how many ..."), else "other".  ``question`` is ``_normalise``d first.
     """
-    return _type_of(_tokens(question))
+    return _type_of(_tokens(_normalise(question)))
 
 
 def _type_of(t: list[str]) -> str:
@@ -294,15 +331,16 @@ def _type_of(t: list[str]) -> str:
 def text_features(question: str) -> np.ndarray:
     """Question features, float32 shape (len(TEXT_FEATURES),), order TEXT_FEATURES.
 
-    word_count (tokens), char_count (len of stripped string), one-hot
-    question_type over QUESTION_TYPES, then 0/1 cue flags from _CUES (whole-word or
+    word_count (tokens), char_count (characters of the ``_normalise``d text: runs of whitespace count
+    as one), one-hot question_type over QUESTION_TYPES, then 0/1 cue flags from _CUES (whole-word or
     word-sequence matches; negation also fires on any "...n't" token).
     """
-    return _text_of(question, _tokens(question))
+    text = _normalise(question)
+    return _text_of(text, _tokens(text))
 
 
-def _text_of(question: str, t: list[str]) -> np.ndarray:
-    """``text_features`` from the question and its tokens (tokenised once per query)."""
+def _text_of(text: str, t: list[str]) -> np.ndarray:
+    """``text_features`` from the normalised text and its tokens (tokenised once per query)."""
     words = set(t)
     joined = " " + " ".join(t) + " "
     qtype = _type_of(t)
@@ -313,7 +351,7 @@ def _text_of(question: str, t: list[str]) -> np.ndarray:
             hit = hit or any(w.endswith("n't") for w in t)
         cues.append(float(hit))
     onehot = [float(qtype == q) for q in QUESTION_TYPES]
-    return np.array([len(t), len(question.strip())] + onehot + cues, dtype=np.float32)
+    return np.array([len(t), len(text)] + onehot + cues, dtype=np.float32)
 
 
 def word_buckets(token: str) -> tuple[int, int]:
@@ -332,7 +370,7 @@ def word_features(question: str) -> np.ndarray:
     2017).  The router's first linear layer maps these counts to a sum of per-bucket vectors, i.e. it
     learns word embeddings end to end (an embedding bag, as fastText: Joulin et al., "Bag of Tricks for
     Efficient Text Classification", EACL 2017) for the price of hashing a few words on the device."""
-    return _words_of(_tokens(question))
+    return _words_of(_tokens(_normalise(question)))
 
 
 def _words_of(tokens: list[str]) -> np.ndarray:
@@ -346,13 +384,14 @@ def _words_of(tokens: list[str]) -> np.ndarray:
 
 def question_features(question: str) -> np.ndarray:
     """Every question feature, float32 shape (len(TEXT_FEATURES) + WORD_BUCKETS,): text_features ++
-    word_features."""
-    t = _tokens(question)
-    return np.concatenate([_text_of(question, t), _words_of(t)])
+    word_features of the text ``check_question`` gives (so raises QuestionError as it does)."""
+    text = check_question(question)[0]
+    t = _tokens(text)
+    return np.concatenate([_text_of(text, t), _words_of(t)])
 
 
-def extract(image: Image.Image, question: str) -> np.ndarray:
+def extract(image, question: str, max_pixels: int | None = None) -> np.ndarray:
     """All features, float32 shape (len(FEATURE_NAMES),): image_features ++ question_features ++
-    thumbnail."""
-    img, pixels = image_parts(image)
+    thumbnail; ``image`` as for ``image_features``."""
+    img, pixels = image_parts(image, max_pixels)
     return np.concatenate([img, question_features(question), pixels])

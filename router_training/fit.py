@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import outcomes
+from . import ood, outcomes
 from .config import Config, RouterConfig
 from .features import FEATURE_NAMES, PIXEL_FEATURES, THUMBNAIL_SIDE
 from .profile import DeploymentProfile
@@ -115,6 +115,7 @@ class RouterNet(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, x):
+        x = x.clamp(-ood.CLIP, ood.CLIP)  # standardised inputs clipped (ood module docstring), in the ONNX graph too
         signals = x[:, :self.n_signals]
         if self.cnn is None:
             return self.mlp(signals)
@@ -192,16 +193,21 @@ class RouterModule(L.LightningModule):
 
 
 class RouterDataModule(L.LightningDataModule):
-    """router-train / router-val arrays as tensors, standardised with router-train's mean and std."""
+    """router-train / router-val arrays as tensors, standardised with router-train's mean and floored
+    std (``ood.standard_scale``; the network clips the result to +-``ood.CLIP``). ``stats`` (``ood.stats``:
+    mean, std, training range, default out-of-distribution limit from router-val) is what the exported
+    manifest carries: store ``dm.stats`` as ``spec["features"]``."""
 
     def __init__(self, train: SplitArrays, val: SplitArrays, batch_size: int):
         super().__init__()
-        self.mean = train.x.mean(0)
-        self.std = np.where(train.x.std(0) > 1e-8, train.x.std(0), 1.0).astype(np.float32)
+        self.stats = ood.stats(train.x, val.x)
+        self.mean = np.asarray(self.stats["mean"], dtype=np.float32)
+        self.std = np.asarray(self.stats["std"], dtype=np.float32)
         self.sets = {k: self._tensors(s) for k, s in (("train", train), ("val", val))}
         self.batch_size = batch_size
 
     def standardise(self, x: np.ndarray) -> np.ndarray:
+        """Raw features float (n, F) -> standardised float32 (n, F) (not yet clipped: the network clips)."""
         return ((x - self.mean) / self.std).astype(np.float32)
 
     def _tensors(self, s: SplitArrays):
@@ -242,6 +248,7 @@ def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_
         logs = [L.pytorch.loggers.CSVLogger(out_dir, name="logs")]
     if use_wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")  # no per-run banner and summary in the CLI's output
         logs.append(L.pytorch.loggers.WandbLogger(**{"project": "router-training", "save_dir": str(out_dir),
                                                      "offline": True, **(wandb_options or {})}))
     trainer = L.Trainer(max_epochs=rc.epochs, accelerator="cpu", logger=logs, log_every_n_steps=5,

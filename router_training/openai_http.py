@@ -1,9 +1,11 @@
 """A backend for OpenAI-compatible chat-completions servers (vLLM, TGI, llama.cpp server, hosted APIs).
 
-Standard library only (``http.client`` + ``concurrent.futures``). Each (image, question) pair is one
-``POST {base_url}/chat/completions`` whose user message holds the image as a base64 JPEG data URL
-(after ``images.prepare``: EXIF orientation, enlarged to ``min_side``) and the question followed by
-``prompt``. Requests run ``concurrency`` at a time over kept-alive connections.
+HTTP through ``httpx`` (one ``httpx.Client`` per backend: connection pooling, keep-alive, timeouts;
+the routing gateway, ``router_training.serve``, uses the same library's async client). Each (image,
+question) pair is one ``POST {base_url}/chat/completions`` whose user message holds the image as a
+base64 JPEG data URL (after ``images.prepare``: EXIF orientation, enlarged to ``min_side``) and the
+question followed by ``prompt``. Requests run ``concurrency`` at a time (a thread pool over the one
+client, whose pool keeps up to ``concurrency`` connections alive).
 
 What each Answer holds:
 
@@ -28,29 +30,30 @@ What each Answer holds:
 Retries: timeouts, connection errors, HTTP 429 and 5xx are retried up to ``max_retries`` times (so
 ``max_retries + 1`` attempts) after ``backoff_s * 2**k`` seconds (k = 0, 1, ...), or the server's
 ``Retry-After`` if longer (capped at 60 s). Other 4xx and malformed replies are not retried. A kept-alive
-connection the server has closed is reopened once without counting as an attempt. ``timeout_s`` bounds
-each socket operation (connect, each read), not the whole reply.
+connection the server has closed is detected by httpx's pool before reuse and replaced, without counting
+as an attempt. ``timeout_s`` bounds each network operation (connect, each write, each read, waiting for
+a pooled connection), not the whole reply (``httpx.Timeout(timeout_s)``).
 
 The API key is read from the environment variable named ``api_key_env`` at each request and sent as
 ``Authorization: Bearer``; it is never stored on the object, logged, or left in an error string (any
-server text that echoes it is redacted). Environment proxies (``HTTPS_PROXY``) are not used.
+server text that echoes it is redacted). Environment proxies (``HTTPS_PROXY``) and ``.netrc`` are not
+used (``trust_env=False``); redirects are not followed.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import logging
 import math
 import os
-import queue
-import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 from PIL import Image
 
 from .backends import Answer, register
@@ -68,6 +71,17 @@ class _Failure(Exception):
     def __init__(self, kind: str, detail: str, retry: bool, retry_after: float | None = None):
         super().__init__(f"{kind}: {detail}")
         self.kind, self.detail, self.retry, self.retry_after = kind, detail, retry, retry_after
+
+
+def _tls_failure(e: BaseException) -> bool:
+    """Whether an httpx transport error comes from TLS certificate verification (not worth retrying)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _snippet(data: bytes) -> str:
@@ -172,9 +186,9 @@ class OpenAIBackend:
         self.prompt = prompt
         self.logprobs = logprobs
         self.jpeg_quality = jpeg_quality
-        self._scheme, self._host, self._port = url.scheme, url.hostname, url.port
-        self._path = url.path.rstrip("/") + "/chat/completions"
-        self._idle: queue.LifoQueue = queue.LifoQueue()  # kept-alive connections not in use
+        self._url = self.base_url + "/chat/completions"
+        self._client: httpx.Client | None = None  # opened on first use, shared by the worker threads
+        self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"OpenAIBackend(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r}, "
@@ -224,12 +238,11 @@ class OpenAIBackend:
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
     def close(self) -> None:
-        """Close kept-alive connections (the backend stays usable: new ones open on demand)."""
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        """Close kept-alive connections (the backend stays usable: a new client opens on demand)."""
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def __enter__(self):
         return self
@@ -268,45 +281,35 @@ class OpenAIBackend:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key_env is not None:
             headers["Authorization"] = "Bearer " + os.environ.get(self.api_key_env, "")
+        client = self._http()
+        t0 = time.perf_counter()
         try:
-            conn, reused = self._idle.get_nowait(), True
-        except queue.Empty:
-            conn, reused = self._connect(), False
-        try:
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    conn.request("POST", self._path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    break
-                except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
-                    if not reused:  # a kept-alive connection the server closed: reopen once, for free
-                        raise
-                    conn.close()
-                    conn, reused = self._connect(), False
-            rtt = time.perf_counter() - t0
-        except (socket.timeout, TimeoutError):
-            conn.close()
+            resp = client.post(self._url, content=body, headers=headers)
+        except httpx.TimeoutException:
             raise _Failure("timeout", f"no reply within {self.timeout_s:g} s", retry=True) from None
-        except ssl.SSLCertVerificationError as e:
-            conn.close()
-            raise _Failure("tls", str(e), retry=False) from None
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
+        except httpx.TransportError as e:
+            if _tls_failure(e):
+                raise _Failure("tls", str(e), retry=False) from None
             raise _Failure("connection", f"{type(e).__name__}: {e}", retry=True) from None
-        self._idle.put(conn)  # http.client reopens it by itself if the server asked to close
-        if not 200 <= resp.status < 300:
-            retry = resp.status == 429 or resp.status >= 500
-            raise _Failure(f"http_{resp.status}", _snippet(data) or resp.reason, retry=retry,
-                           retry_after=_retry_after(resp.getheader("Retry-After")) if retry else None)
+        rtt = time.perf_counter() - t0
+        data = resp.content
+        if not 200 <= resp.status_code < 300:
+            retry = resp.status_code == 429 or resp.status_code >= 500
+            raise _Failure(f"http_{resp.status_code}", _snippet(data) or resp.reason_phrase, retry=retry,
+                           retry_after=_retry_after(resp.headers.get("Retry-After")) if retry else None)
         return data, rtt
 
-    def _connect(self) -> http.client.HTTPConnection:
-        if self._scheme == "https":
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s,
-                                               context=ssl.create_default_context())
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
+    def _http(self) -> httpx.Client:
+        """The backend's client: ``timeout_s`` on every operation, at most ``concurrency`` connections
+        (all kept alive), no environment proxies, no redirects."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(self.timeout_s),
+                    limits=httpx.Limits(max_connections=self.concurrency,
+                                        max_keepalive_connections=self.concurrency),
+                    trust_env=False, follow_redirects=False)
+            return self._client
 
     def _redact(self, text: str) -> str:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None

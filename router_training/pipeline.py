@@ -78,6 +78,7 @@ def stage_collect(cfg: Config) -> pd.DataFrame:
         if m.backend == "replay":  # outcomes from the user's file, no model is run
             if not worker:
                 o = m.options
+                _replay_stamp(root / m.name, m)
                 outcomes.replay(ds, m.name, m.tier, o["path"], o.get("columns"), root / m.name,
                                 model_column=o.get("model_column"), model_value=o.get("model_value", m.name),
                                 compute_s=m.compute_s, grade=grade,
@@ -96,6 +97,19 @@ def stage_collect(cfg: Config) -> pd.DataFrame:
     if cc.distributed:
         distributed.end_process_group()
     return outcomes.with_costs(outcomes.load(root, cfg.model_names), cfg.profile)
+
+
+def _replay_stamp(out_dir, m) -> None:
+    """Replayed outcomes are a pure function of the model's options and configured compute time, and
+    cheap to redo: when either changed since they were written, drop them so they are replayed again."""
+    wanted = json.loads(json.dumps({"options": m.options, "compute_s": m.compute_s, "tier": m.tier}))
+    stamp = out_dir / "replay.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != wanted:
+        log.info("replay settings of %s changed: replaying its outcomes again", m.name)
+        for p in outcomes.parts(out_dir):
+            p.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(wanted, indent=2))
 
 
 def image_payloads(cfg: Config, ds, image_ids: set) -> dict[str, int]:

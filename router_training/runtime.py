@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from . import features
+from . import features, images, ood
 from .profile import DeploymentProfile
 
 MANIFEST = "manifest.json"
@@ -47,26 +47,49 @@ def decide(probs: np.ndarray, latency_s: np.ndarray, energy_j: np.ndarray, thres
     return cost.argmin(axis=1)
 
 
-def expected_costs(manifest: dict, profile: DeploymentProfile) -> tuple[np.ndarray, np.ndarray]:
+def expected_costs(manifest: dict, profile: DeploymentProfile,
+                   payload_bytes: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-model expected latency (s) and energy (J), float64 (K,), from the manifest's mean compute
-    time and payload under ``profile``."""
+    time and payload under ``profile``. ``payload_bytes`` (a scalar, or (n,) for n queries: then the
+    arrays are (n, K)), when given, is what each query really sends off-device and replaces the
+    manifest's mean payload of every model."""
     models = manifest["models"]
-    return profile.cost([m["tier"] for m in models], [m["mean_compute_s"] for m in models],
-                        [m["mean_payload_bytes"] for m in models])
+    tiers, compute = [m["tier"] for m in models], [m["mean_compute_s"] for m in models]
+    if payload_bytes is None:
+        return profile.cost(tiers, compute, [m["mean_payload_bytes"] for m in models])
+    payload = np.asarray(payload_bytes, dtype=np.float64)
+    return profile.cost(tiers, compute, payload[..., None] if payload.ndim else payload)
 
 
 @dataclass
 class Decision:
     """A routing decision: the chosen ``model`` name and its ``tier``; ``scores`` maps each model to
-    its predicted probability of answering correctly."""
+    its predicted probability of answering correctly; ``ood_score`` the query's out-of-distribution
+    score (``ood.ood_score``: share of features outside the training range, 0..1; None for an artifact
+    exported without the training range) and ``ood`` whether it is above the router's limit;
+    ``warnings`` what the caller should know (an empty question, an out-of-distribution query and what
+    the policy did with it)."""
 
     model: str
     tier: str
     scores: dict
+    ood_score: float | None = None
+    ood: bool = False
+    warnings: list = field(default_factory=list)
 
 
 class Router:
-    """A loaded router artifact. Use ``Router.load(folder)`` then ``route(image, question)``."""
+    """A loaded router artifact. Use ``Router.load(folder)`` then ``route(image, question)``.
+
+    Device settings, plain attributes a deployment may set after ``load``: ``max_pixels`` (the pixel
+    budget: ``route`` refuses a larger image with ``images.ImageTooLarge`` before decoding it; None: no
+    budget); ``ood_max_score`` (the out-of-distribution limit; None: the manifest's ``ood.max_score``,
+    router-val's 99% quantile) and ``ood_policy`` ("route": route as usual and flag the decision;
+    "cloud": send a query above the limit to the cloud; None: the manifest's ``ood.policy``)."""
+
+    max_pixels: int | None = images.DEFAULT_MAX_PIXELS
+    ood_max_score: float | None = None
+    ood_policy: str | None = None
 
     def __init__(self, manifest: dict, session):
         self.manifest = manifest
@@ -79,6 +102,9 @@ class Router:
         self._costs = expected_costs(manifest, self.profile)  # at the profile's own network figures
         self._thresholds = np.asarray(manifest["decision"]["thresholds"], dtype=np.float64)
         self._input = session.get_inputs()[0].name
+        # thresholds tuned on router-val per uplink (tune.tune_grid), ascending; [] = the decision's alone
+        self._grid = sorted(manifest.get("network_grid") or [], key=lambda g: g["uplink_mbps"])
+        self._grid_thresholds = [np.asarray(g["thresholds"], dtype=np.float64) for g in self._grid]
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":
@@ -118,27 +144,44 @@ class Router:
         x = ((np.atleast_2d(feats) - self.mean) / self.std).astype(np.float32)
         return self.session.run(None, {self._input: x})[0]
 
-    def decide(self, probs: np.ndarray, uplink_mbps: float | None = None, rtt_s: float | None = None) -> np.ndarray:
-        """Model indices (n,) for predicted probabilities (n, K); the current uplink (Mbit/s) and
-        round trip (s), when given, replace the profile's."""
+    def decision_at(self, uplink_mbps: float | None = None) -> tuple[np.ndarray, float, float]:
+        """(thresholds (K,), lambda_latency, lambda_energy) in force at ``uplink_mbps`` (Mbit/s; None:
+        the profile's). Without a ``network_grid`` in the manifest: the decision's own. With one (thresholds
+        tuned on router-val per uplink): the entry of the largest grid uplink not above ``uplink_mbps``
+        (the smallest entry below the grid), so a target met at that uplink (a latency budget) holds at
+        any faster one."""
         d = self.manifest["decision"]
-        lat, en = (self._costs if uplink_mbps is None and rtt_s is None
-                   else expected_costs(self.manifest, self.profile.with_network(uplink_mbps, rtt_s)))
-        return decide(probs, lat, en, self._thresholds, d["lambda_latency"], d["lambda_energy"],
-                      d["ref_latency_s"], d["ref_energy_j"])
+        if not self._grid or uplink_mbps is None:
+            return self._thresholds, d["lambda_latency"], d["lambda_energy"]
+        k = max([i for i, g in enumerate(self._grid) if g["uplink_mbps"] <= uplink_mbps], default=0)
+        g = self._grid[k]
+        return self._grid_thresholds[k], g["lambda_latency"], g["lambda_energy"]
+
+    def decide(self, probs: np.ndarray, uplink_mbps: float | None = None, rtt_s: float | None = None,
+               payload_bytes: float | np.ndarray | None = None) -> np.ndarray:
+        """Model indices (n,) for predicted probabilities (n, K); the current uplink (Mbit/s) and
+        round trip (s), when given, replace the profile's (and choose the thresholds: ``decision_at``);
+        ``payload_bytes`` (scalar or (n,)), when given, is what each query sends to a cloud model,
+        replacing the manifest's mean payload in the cloud's expected cost."""
+        d = self.manifest["decision"]
+        lat, en = (self._costs if uplink_mbps is None and rtt_s is None and payload_bytes is None
+                   else expected_costs(self.manifest, self.profile.with_network(uplink_mbps, rtt_s), payload_bytes))
+        thresholds, lambda_latency, lambda_energy = self.decision_at(uplink_mbps)
+        return decide(probs, lat, en, thresholds, lambda_latency, lambda_energy, d["ref_latency_s"], d["ref_energy_j"])
 
     def route(self, image: Image.Image | str | Path, question: str, uplink_mbps: float | None = None,
-              rtt_s: float | None = None) -> Decision:
+              rtt_s: float | None = None, payload_bytes: float | None = None) -> Decision:
         """Decide where one query runs. ``image`` any PIL image or an image file's path (EXIF orientation
         applied first); ``question`` a string. Returns a Decision. (``features.extract`` applies the EXIF
         orientation and converts the mode itself, without copying an RGB image that needs neither.)
 
-        The cloud models' network cost is that of the mean payload measured at collection
+        The cloud models' network cost is that of ``payload_bytes`` (what this query sends, e.g. the
+        request body the gateway forwards) when given, else of the mean payload measured at collection
         (``manifest["models"][k]["mean_payload_bytes"]``), not this image's size."""
         if isinstance(image, (str, Path)):
             with Image.open(image) as im:
                 im.load()
                 image = im
         probs = self.predict(features.extract(image, question)[None])
-        k = int(self.decide(probs, uplink_mbps, rtt_s)[0])
+        k = int(self.decide(probs, uplink_mbps, rtt_s, payload_bytes)[0])
         return Decision(self.models[k], self.tiers[k], dict(zip(self.models, probs[0].tolist())))

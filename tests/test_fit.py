@@ -95,3 +95,25 @@ def test_the_thumbnail_cnn_learns_what_only_the_pixels_show(tmp_path):
     assert module.net.cnn is None
     p = predict(module, dm, val.x)[:, 0]
     assert abs(p[red].mean() - p[~red].mean()) < 0.15
+
+
+def test_fit_stops_early_when_validation_loss_stops_improving(tmp_path):
+    """On labels the inputs cannot predict, validation loss bottoms out within a few epochs and then
+    climbs as the net memorises router-train (what real grades do: best epoch 5 of 60): training stops
+    ``patience`` epochs after the best one, and the best epoch is what is kept."""
+    rng = np.random.default_rng(0)
+    train, val = synthetic(300, 0), synthetic(300, 1)
+    for s in (train, val):
+        s.score[:, 0] = rng.random(len(s)) < 0.5  # noise: nothing to learn
+    rc = RouterConfig(epochs=60, hidden=[256, 256], dropout=0.0, lr=1e-2, batch_size=32, patience=3,
+                      image_embedding=0)
+    module, _ = fit(train, val, SPEC, rc, tmp_path, loggers="csv", progress=False)
+    import pandas as pd
+
+    log = pd.read_csv(next(tmp_path.glob("logs/*/metrics.csv"))).dropna(subset=["val_loss"])
+    epochs = log["epoch"].to_numpy()
+    best = int(epochs[log["val_loss"].to_numpy().argmin()])
+    assert epochs.max() == best + 3 < 59  # stopped 3 epochs after the best, long before 60
+    fit(train, val, SPEC, RouterConfig(**{**rc.__dict__, "patience": 0, "epochs": 8}), tmp_path / "all",
+                  loggers="csv", progress=False)
+    assert pd.read_csv(next((tmp_path / "all").glob("logs/*/metrics.csv")))["epoch"].max() == 7  # 0: never stops

@@ -265,7 +265,7 @@ def test_pipeline_on_a_folder_dataset_with_replay_models(tmp_path):
         for j, (q, a) in enumerate([(f"is there a white box in {i}?", "yes"), (f"what number is image {i}?", str(i))]):
             qid = f"{i}-{j}"
             questions.append({"image": f"{i}.png", "question": q, "answers": a, "question_id": qid})
-            edge.append({"question_id": qid, "output": a if j == 0 else "no idea", "latency": 0.05})
+            edge.append({"question_id": qid, "output": a if j == 0 else "no idea", "latency": 0.05 if j == 0 else None})
             cloud.append({"qid": qid, "answer": a, "confidence": 0.9, "compute_s": 0.2})
     (mine / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in questions))
     (mine / "edge.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edge))
@@ -274,7 +274,7 @@ def test_pipeline_on_a_folder_dataset_with_replay_models(tmp_path):
         "name": "byod",
         "dataset": {"kind": "folder", "images_dir": "mine/images", "questions": "mine/questions.jsonl"},
         "models": [
-            {"name": "edge-vlm", "tier": "edge", "backend": "replay", "compute_s": 0.05,
+            {"name": "edge-vlm", "tier": "edge", "backend": "replay", "compute_s": 0.07,
              "compute_source": "test: only some rows time it",
              "options": {"path": "mine/edge.jsonl",
                          "columns": {"sample_id": "question_id", "answer": "output", "compute_s": "latency"}}},
@@ -298,3 +298,13 @@ def test_pipeline_on_a_folder_dataset_with_replay_models(tmp_path):
     rep = json.loads((cfg.path("runs") / "report.json").read_text())["policies"]
     assert rep["all-cloud (cloud-vlm)"]["accuracy"] == 1.0 and rep["oracle"]["accuracy"] == 1.0
     assert (cfg.path("export") / "router.onnx").is_file() and (cfg.path("runs") / "report.md").is_file()
+    # the edge file times half its rows: the configured figure fills the others, and changing it replays
+    # that model again (a stale cached cost would be silent)
+    edge_s = t[t["model"] == "edge-vlm"].set_index("sample_id")["compute_s"]
+    assert set(edge_s[edge_s.index.str.endswith("-0")]) == {0.05} and set(edge_s[edge_s.index.str.endswith("-1")]) == {0.07}
+    run["models"][0]["compute_s"] = 0.5
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    again = pipeline.stage_collect(config.load(tmp_path / "run.yaml", workdir=tmp_path / "work"))
+    edge_s = again[again["model"] == "edge-vlm"].set_index("sample_id")["compute_s"]
+    assert set(edge_s[edge_s.index.str.endswith("-1")]) == {0.5} and set(edge_s[edge_s.index.str.endswith("-0")]) == {0.05}
+    assert (again.loc[again["model"] == "cloud-vlm", "compute_s"] == 0.2).all()

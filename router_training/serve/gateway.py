@@ -1,0 +1,496 @@
+"""One chat request end to end: read the router's inputs, decide, call, fall back, answer, log.
+
+``Gateway(artifact, cfg)`` holds the loaded router, one upstream per model (``upstream``), the network
+estimator, the metrics and the decision log; ``await gateway.start()`` in the event loop that serves,
+then ``await gateway.chat(body_bytes, headers)`` per request returns a ``Reply`` (status, headers, and a
+JSON body or an async iterator of server-sent-event bytes). Both the HTTP server (``app``) and the
+embedded ``RoutedClient`` (``client``) run on it.
+
+Per request:
+
+1. ``model`` "router" routes; a model of the artifact bypasses the router (no fallback: the caller
+   chose); anything else is 404. The first image and the last user text are the router's inputs
+   (``requests``); the image is decoded under the limits on a worker thread, where the decision runs
+   too (features + ONNX, ``Router.route``) with the current network figures (``network``) and this
+   request's body size as the cloud payload.
+2. The chosen model is called. A failure that another model may answer (``UpstreamError.fallback``)
+   goes to the other tier's models, most likely correct first, then the same tier's
+   (``x-router-fallback: cloud-error`` or ``edge-error``). With ``routing.escalate_below``, a
+   non-streaming edge answer whose confidence is lower goes to the cloud (``low-confidence``). A stream
+   can fall back until its first byte; a stream cut later ends with an error event.
+3. The reply carries the route in ``x-router-*`` headers: ``request-id``, ``route``, ``model`` (the one
+   that answered), ``tier``, ``decision`` (the router's first choice), ``fallback`` (``none`` or the
+   reason), ``p-correct`` (JSON {model: P(correct)}), ``decision-ms``, ``uplink-mbps``, ``rtt-s``,
+   ``network`` (their source), ``payload-bytes``. Errors are OpenAI-style objects with the same
+   request id. A successful non-streaming cloud call over HTTP feeds the network estimator.
+4. One decision-log row per request (``decision_log``), written before the reply's last byte.
+
+No request is left without an answer: each has ``limits.request_timeout_s`` in all (then 504), every
+upstream operation its ``timeout_s``, and an unexpected exception is a 500 error object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Mapping
+
+from .. import features
+from . import upstream as up
+from .config import ServeConfig
+from .decision_log import SPLIT, DecisionLog
+from .network import NetworkEstimator
+from .prom import Metrics
+from .requests import RequestError, decode_base64, image_ext, image_id, image_source, open_image, parse_body
+
+log = logging.getLogger(__name__)
+ROUTER_MODEL = "router"
+
+
+@dataclass
+class Reply:
+    """What the gateway answers: ``status``, ``headers``, and ``body`` (JSON bytes) or ``stream`` (an async
+    iterator of server-sent-event bytes, already accepted by the upstream)."""
+
+    status: int
+    headers: dict
+    body: bytes | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+    @property
+    def media_type(self) -> str:
+        return "text/event-stream" if self.stream is not None else "application/json"
+
+
+def _number_header(headers: Mapping, name: str, positive: bool) -> float | None:
+    v = headers.get(name)
+    if v is None:
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and (x > 0 if positive else x >= 0)):
+        raise RequestError(400, f"header {name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}",
+                           "invalid_header")
+    return x
+
+
+class Gateway:
+    """See the module docstring. ``artifact`` an export folder (or pass a loaded ``router``)."""
+
+    def __init__(self, artifact: str | Path | None, cfg: ServeConfig, router=None):
+        from ..runtime import Router
+
+        self.router = router if router is not None else Router.load(artifact)
+        self.cfg = cfg
+        cfg.check_models(self.router.models)
+        self.models = list(self.router.models)
+        self.tier = dict(zip(self.models, self.router.tiers))
+        self.upstreams = {m: up.build(cfg.models[m]) for m in self.models}
+        profile = self.router.profile
+        self.estimator = NetworkEstimator(cfg.network.uplink_mbps or profile.uplink_mbps, cfg.network.half_life,
+                                          cfg.network.min_samples, cfg.network.max_age_s)
+        # the part of a cloud call that is neither round trip nor upload, under the profile (s)
+        self._fixed_s = {m["name"]: m["mean_compute_s"] * profile.cloud_compute_scale
+                         + profile.response_bytes * 8.0 / (profile.downlink_mbps * 1e6)
+                         for m in self.router.manifest["models"]}
+        thresholds = self.router.manifest["decision"]["thresholds"]
+        always = [m for m, t in zip(self.models, thresholds) if t <= 0]
+        self.no_image_model = cfg.routing.no_image or (always[0] if always else self.models[-1])
+        self.metrics = Metrics()
+        self.log = DecisionLog(cfg.decision_log) if cfg.decision_log.path else None
+        self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="route")
+        self._remote = None
+        self._background: set[asyncio.Task] = set()
+        self._artifact = self.router.manifest.get("name", "")
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the upstreams' clients and build the in-process backends (in this event loop)."""
+        await asyncio.gather(*(u.start() for u in self.upstreams.values()))
+        if self.cfg.images.allow_remote:
+            import httpx
+
+            self._remote = httpx.AsyncClient(timeout=httpx.Timeout(self.cfg.images.remote_timeout_s),
+                                             trust_env=False, follow_redirects=False)
+        self._publish_network()
+
+    async def aclose(self) -> None:
+        """Wait for shadow calls, close the clients and the log."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(u.aclose() for u in self.upstreams.values()), return_exceptions=True)
+        if self._remote is not None:
+            await self._remote.aclose()
+        if self.log is not None:
+            self.log.close()
+        self._pool.shutdown(wait=False)
+
+    # -- small endpoints ----------------------------------------------------------------------------------
+
+    def models_body(self) -> bytes:
+        """``GET /v1/models``: "router" and every model of the artifact (``owned_by`` its tier)."""
+        created = int(time.time())
+        data = [{"id": ROUTER_MODEL, "object": "model", "created": created, "owned_by": "router-training"}]
+        data += [{"id": m, "object": "model", "created": created, "owned_by": self.tier[m]} for m in self.models]
+        return json.dumps({"object": "list", "data": data}).encode()
+
+    def health(self) -> dict:
+        return {"status": "ok", "artifact": self._artifact, "models": dict(self.tier),
+                "decision_log": str(self.log.path) if self.log else None}
+
+    def network(self, headers: Mapping | None = None) -> tuple[float, float, str]:
+        """(uplink Mbit/s, round trip s, source) for the next decision: a request header
+        (``x-router-uplink-mbps`` / ``x-router-rtt-s``), else ``network`` in the config, else the live
+        estimate, else the artifact's profile; ``source`` names where each came from ("a/b" when the two
+        differ). Raises RequestError 400 for a header that is not a valid number."""
+        headers = headers or {}
+        est = self.estimator.estimate()
+        prof = self.router.profile
+        picks = []
+        for hdr, conf, live, prior, positive in (
+                ("x-router-uplink-mbps", self.cfg.network.uplink_mbps, est and est.uplink_mbps, prof.uplink_mbps, True),
+                ("x-router-rtt-s", self.cfg.network.rtt_s, est and est.rtt_s, prof.rtt_s, False)):
+            h = _number_header(headers, hdr, positive)
+            picks.append((h, "header") if h is not None else (conf, "config") if conf is not None
+                         else (live, "estimate") if live is not None else (prior, "profile"))
+        (uplink, us), (rtt, rs) = picks
+        return float(uplink), float(rtt), us if us == rs else f"{us}/{rs}"
+
+    def _publish_network(self) -> None:
+        uplink, rtt, source = self.network()
+        est = self.estimator.estimate()
+        self.metrics.set("router_network_uplink_mbps", uplink)
+        self.metrics.set("router_network_rtt_seconds", rtt)
+        self.metrics.set("router_network_estimate_samples", est.samples if est else 0)
+        for s in ("config", "estimate", "profile"):
+            self.metrics.set("router_network_source", float(s in source.split("/")), source=s)
+
+    # -- one request --------------------------------------------------------------------------------------
+
+    async def chat(self, raw: bytes, headers: Mapping) -> Reply:
+        """Answer one ``POST /v1/chat/completions`` body (``headers``: lower-case names). Never raises."""
+        t0 = time.perf_counter()
+        rid = uuid.uuid4().hex
+        row = {"sample_id": rid, "image_id": "", "split": SPLIT, "model": "", "tier": "", "answer": "", "score": None,
+               "confidence": None, "compute_s": None, "payload_bytes": len(raw), "error": "", "request_id": rid,
+               "time": time.time(), "route": "", "requested": "", "decision": "", "fallback": "", "p_correct": {},
+               "decision_s": None, "latency_s": None, "status": None, "stream": False, "uplink_mbps": None,
+               "rtt_s": None, "network_source": "", "attempts": [], "features_version": features.FEATURE_VERSION}
+        self.metrics.inc("router_in_flight")
+        try:
+            reply = await asyncio.wait_for(self._chat(raw, headers, row, t0), self.cfg.limits.request_timeout_s)
+        except RequestError as e:
+            reply = self._error(e, row)
+        except asyncio.TimeoutError:
+            reply = self._error(RequestError(504, f"no answer within {self.cfg.limits.request_timeout_s:g} s "
+                                                  "(limits.request_timeout_s)", "timeout", type="upstream_error"), row)
+        except Exception as e:  # noqa: BLE001 - a bug must cost one request an error object, not the gateway
+            log.exception("request %s failed", rid)
+            reply = self._error(RequestError(500, f"internal error ({type(e).__name__})", "internal_error",
+                                             type="server_error"), row)
+        if reply.stream is None:
+            self._finish(row, reply.status, t0)
+        return reply
+
+    def _error(self, e: RequestError, row: dict) -> Reply:
+        row["error"] = row["error"] or f"{e.code}: {e.message}"
+        return Reply(e.status, {"x-router-request-id": row["request_id"], **self._route_headers(row)},
+                     json.dumps(e.body()).encode())
+
+    def _finish(self, row: dict, status: int, t0: float) -> None:
+        row["status"] = status
+        row["latency_s"] = time.perf_counter() - t0
+        m = self.metrics
+        if status == 200 and row["model"] and not row["error"]:
+            m.inc("router_requests_total", model=row["model"], tier=row["tier"], route=row["route"])
+            m.observe("router_upstream_seconds", row["compute_s"] or 0.0, model=row["model"])
+        else:  # an error object, or a stream cut after its first byte ("stream")
+            m.inc("router_request_errors_total", status="stream" if status == 200 else str(status))
+        if row["fallback"]:
+            m.inc("router_fallbacks_total", reason=row["fallback"])
+        if row["decision_s"] is not None:
+            m.observe("router_decision_seconds", row["decision_s"])
+        m.observe("router_request_seconds", row["latency_s"], route=row["route"] or "none")
+        m.inc("router_in_flight", -1)
+        if self.log is not None:
+            try:
+                self.log.write(row)
+            except OSError:
+                log.exception("decision log: could not write request %s", row["request_id"])
+
+    def _route_headers(self, row: dict) -> dict:
+        h = {"x-router-route": row["route"] or "none", "x-router-model": row["model"], "x-router-tier": row["tier"],
+             "x-router-decision": row["decision"], "x-router-fallback": row["fallback"] or "none",
+             "x-router-payload-bytes": str(row["payload_bytes"])}
+        if row["p_correct"]:
+            h["x-router-p-correct"] = json.dumps({k: round(v, 4) for k, v in row["p_correct"].items()})
+        if row["decision_s"] is not None:
+            h["x-router-decision-ms"] = f"{1e3 * row['decision_s']:.3f}"
+        if row["uplink_mbps"] is not None:
+            h.update({"x-router-uplink-mbps": f"{row['uplink_mbps']:.4g}", "x-router-rtt-s": f"{row['rtt_s']:.4g}",
+                      "x-router-network": row["network_source"]})
+        return h
+
+    async def _chat(self, raw: bytes, headers: Mapping, row: dict, t0: float) -> Reply:
+        loop = asyncio.get_running_loop()
+        limits = self.cfg.limits
+        inputs = parse_body(raw, limits) if len(raw) < 65536 else await loop.run_in_executor(
+            self._pool, parse_body, raw, limits)
+        row["requested"], row["stream"] = inputs.model, inputs.stream
+        if self.log is not None and self.cfg.decision_log.questions:
+            row["question"] = inputs.question
+        routed = inputs.model == ROUTER_MODEL
+        if not routed and inputs.model not in self.tier:
+            raise RequestError(404, f"model {inputs.model!r} does not exist here; GET /v1/models lists \"router\" and "
+                                    f"{self.models}", "model_not_found", "model")
+        uplink, rtt, source = self.network(headers)
+        row.update(uplink_mbps=uplink, rtt_s=rtt, network_source=source)
+        source_kind, ref = image_source(inputs.image_url) if inputs.image_url else (None, None)
+        data = await self._fetch(ref) if source_kind == "remote" else None
+
+        def prepare():
+            img_bytes = decode_base64(ref, limits) if source_kind == "data" else data
+            image = open_image(img_bytes, limits) if img_bytes is not None else None
+            saved = self.log.save_image(image_id(img_bytes), img_bytes, image_ext(image)) \
+                if self.log is not None and image is not None else None
+            t = time.perf_counter()
+            decision = self.router.route(image, inputs.question, uplink, rtt, inputs.payload_bytes) \
+                if routed and image is not None else None
+            return img_bytes, image, saved, decision, time.perf_counter() - t
+
+        img_bytes, image, saved, decision, decide_s = await loop.run_in_executor(self._pool, prepare)
+        if img_bytes is not None:
+            row["image_id"] = image_id(img_bytes)
+        if saved:
+            row["image_file"] = saved
+        if decision is not None:
+            row.update(route="router", decision=decision.model, p_correct=decision.scores, decision_s=decide_s)
+            first = decision.model
+        elif routed:
+            row.update(route="no-image", decision=self.no_image_model)
+            first = self.no_image_model
+        else:
+            row["route"] = "direct"
+            first = inputs.model
+        order = self._candidates(first, row["p_correct"]) if routed else [first]
+        if inputs.stream:
+            return await self._stream(inputs, image, order, row, t0)
+        return await self._complete(inputs, image, order, row, routed)
+
+    def _candidates(self, first: str, scores: dict) -> list[str]:
+        """``first``, then the other tier's models, then the rest of its own tier, each most likely
+        correct first (manifest order without scores)."""
+        def key(m):
+            return -scores.get(m, 0.0)
+        others = [m for m in self.models if m != first]
+        return [first, *sorted([m for m in others if self.tier[m] != self.tier[first]], key=key),
+                *sorted([m for m in others if self.tier[m] == self.tier[first]], key=key)]
+
+    def _body(self, name: str, inputs, logprobs: bool) -> bytes:
+        u = self.upstreams[name]
+        if u.in_process:
+            return b""
+        body = {**inputs.body, "model": u.upstream_model}
+        if logprobs:
+            body["logprobs"] = True
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    def _failed(self, row: dict, name: str, e: up.UpstreamError) -> None:
+        row["attempts"].append({"model": name, "error": f"{e.kind}: {e.detail}"})
+        self.metrics.inc("router_upstream_failures_total", model=name, kind=e.kind)
+        if e.fallback and not row["fallback"] and row["route"] != "direct":
+            row["fallback"] = f"{self.tier[name]}-error"
+
+    def _all_failed(self, row: dict, last: up.UpstreamError | None) -> RequestError:
+        if last is not None and not last.fallback:  # the client's request: pass the upstream's status on
+            row["error"] = f"{last.kind}: {last.detail}"
+            return RequestError(last.status or 400, f"{row['attempts'][-1]['model']} refused the request: {last.detail}",
+                                last.kind, type="invalid_request_error")
+        tried = "; ".join(f"{a['model']}: {a['error']}" for a in row["attempts"])
+        row["error"] = f"upstream_failed: {tried}"
+        return RequestError(502, f"no model could answer: {tried}", "upstream_failed", type="upstream_error")
+
+    def _answered(self, row: dict, name: str, seconds: float, conf: float, text: str) -> None:
+        row.update(model=name, tier=self.tier[name], compute_s=seconds, answer=text,
+                   confidence=None if math.isnan(conf) else conf, error="")
+        if row["fallback"] and name == row["decision"]:
+            row["fallback"] = ""
+
+    async def _complete(self, inputs, image, order: list[str], row: dict, routed: bool) -> Reply:
+        esc = self.cfg.routing.escalate_below
+        reply_data = last = None
+        for i, name in enumerate(order):
+            u = self.upstreams[name]
+            want_lp = bool(esc is not None and routed and self.tier[name] == "edge" and self.cfg.models[name].logprobs)
+            body = self._body(name, inputs, want_lp)
+            try:
+                data, reply, seconds, _ = await u.complete(body, inputs, image, want_lp)
+            except up.UpstreamError as e:
+                last = e
+                self._failed(row, name, e)
+                if not e.fallback:
+                    break
+                continue
+            choice = reply["choices"][0]
+            self._answered(row, name, seconds, up.confidence(choice), up.answer_text(choice.get("message")))
+            if not u.in_process and self.tier[name] == "cloud":
+                self.estimator.add(len(body), seconds, self._fixed_s[name])
+                self._publish_network()
+            if want_lp and not inputs.body.get("logprobs"):  # asked for escalation only: not the client's
+                for ch in reply["choices"]:
+                    ch.pop("logprobs", None)
+                data = json.dumps(reply).encode()
+            reply_data = data
+            conf = row["confidence"]
+            if want_lp and conf is not None and conf < esc:
+                clouds = [m for m in order[i + 1:] if self.tier[m] == "cloud"]
+                escalated = await self._escalate(inputs, image, clouds, row)
+                if escalated is not None:
+                    reply_data = escalated
+            break
+        if reply_data is None:
+            raise self._all_failed(row, last)
+        self._maybe_shadow(inputs, image, row)
+        return Reply(200, {"x-router-request-id": row["request_id"], **self._route_headers(row)}, reply_data)
+
+    async def _escalate(self, inputs, image, clouds: list[str], row: dict) -> bytes | None:
+        """The first cloud model of ``clouds`` that answers (fallback "low-confidence"), or None."""
+        for name in clouds:
+            body = self._body(name, inputs, False)
+            try:
+                data, reply, seconds, _ = await self.upstreams[name].complete(body, inputs, image, False)
+            except up.UpstreamError as e:
+                row["attempts"].append({"model": name, "error": f"{e.kind}: {e.detail}"})
+                self.metrics.inc("router_upstream_failures_total", model=name, kind=e.kind)
+                continue
+            row["attempts"].append({"model": row["model"], "error": f"low_confidence: {row['confidence']:.4f}"})
+            choice = reply["choices"][0]
+            self._answered(row, name, seconds, up.confidence(choice), up.answer_text(choice.get("message")))
+            row["fallback"] = "low-confidence"
+            if not self.upstreams[name].in_process:
+                self.estimator.add(len(body), seconds, self._fixed_s[name])
+                self._publish_network()
+            return data
+        return None
+
+    async def _stream(self, inputs, image, order: list[str], row: dict, t0: float) -> Reply:
+        last = None
+        for name in order:
+            try:
+                stream, _ = await self.upstreams[name].open_stream(self._body(name, inputs, False), inputs, image)
+            except up.UpstreamError as e:
+                last = e
+                self._failed(row, name, e)
+                if not e.fallback:
+                    break
+                continue
+            self._answered(row, name, stream.seconds, math.nan, "")
+            return Reply(200, {"x-router-request-id": row["request_id"], **self._route_headers(row)},
+                         stream=self._relay(stream, row, t0))
+        raise self._all_failed(row, last)
+
+    async def _relay(self, stream: up.Stream, row: dict, t0: float) -> AsyncIterator[bytes]:
+        """Pass the upstream's events through as they come, reading the answer for the log; a stream cut
+        before ``[DONE]`` (or over the request's time limit) ends with an error event and ``[DONE]``."""
+        tap = up.StreamTap()
+        deadline = t0 + self.cfg.limits.request_timeout_s
+        error = ""
+        try:
+            async for chunk in stream.chunks():
+                tap.feed(chunk)
+                yield chunk
+                if time.perf_counter() > deadline:
+                    error = f"timeout: stream longer than {self.cfg.limits.request_timeout_s:g} s"
+                    break
+            if not error and not tap.done:
+                error = "connection: the upstream's stream ended before [DONE]"
+        except Exception as e:  # noqa: BLE001 - httpx read errors and timeouts mid-stream
+            error = self.upstreams[row["model"]].redact(f"connection: {type(e).__name__}: {e}")
+        except BaseException:  # the client went away (cancelled): log it, then let the cancellation go on
+            row["error"] = "client_disconnected"
+            raise
+        finally:
+            await stream.aclose()
+            conf = tap.confidence()
+            row.update(answer=tap.text, confidence=None if math.isnan(conf) else conf)
+            row["error"] = row["error"] or error or (f"upstream_error: {tap.error}" if tap.error else "")
+            self._finish(row, 200, t0)
+        if error:
+            event = {"error": {"message": f"{row['model']}: {error}", "type": "upstream_error", "param": None,
+                               "code": "stream_interrupted"}}
+            yield b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
+
+    # -- remote images and shadow calls -------------------------------------------------------------------
+
+    async def _fetch(self, url: str) -> bytes:
+        """An http(s) image's bytes under ``images``'s rules. Raises RequestError 400 / 413."""
+        import urllib.parse
+
+        ic = self.cfg.images
+        if not ic.allow_remote or self._remote is None:
+            raise RequestError(400, "remote image URLs are not accepted by this gateway (images.allow_remote); send "
+                                    "the image as a base64 data URL", "remote_image_refused", "messages")
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if ic.remote_hosts and host not in ic.remote_hosts:
+            raise RequestError(400, f"image host {host!r} is not in images.remote_hosts", "remote_image_refused",
+                               "messages")
+        cap = min(ic.remote_max_bytes, self.cfg.limits.max_image_bytes)
+        import httpx
+
+        try:
+            async with self._remote.stream("GET", url) as resp:
+                if resp.status_code != 200:
+                    raise RequestError(400, f"image URL answered HTTP {resp.status_code}", "image_fetch_failed", "messages")
+                if int(resp.headers.get("content-length") or 0) > cap:
+                    raise RequestError(413, f"image URL's {resp.headers['content-length']} bytes are over the limit "
+                                            f"of {cap}", "image_too_large", "messages")
+                buf = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    buf += chunk
+                    if len(buf) > cap:
+                        raise RequestError(413, f"image URL's body is over the limit of {cap} bytes",
+                                           "image_too_large", "messages")
+                return bytes(buf)
+        except httpx.HTTPError as e:
+            raise RequestError(400, f"image URL could not be fetched: {type(e).__name__}", "image_fetch_failed",
+                               "messages") from None
+
+    def _maybe_shadow(self, inputs, image, row: dict) -> None:
+        frac = self.cfg.decision_log.shadow_fraction
+        if self.log is None or not frac or row["route"] != "router" or image is None or random.random() >= frac:
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(inputs, image, row))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow(self, inputs, image, row: dict) -> None:
+        """Ask every model that did not answer ``row``'s request, logging one ``route: "shadow"`` row each."""
+        async def one(name):
+            t = time.perf_counter()
+            shadow = {**row, "route": "shadow", "model": name, "tier": self.tier[name], "answer": "", "confidence": None,
+                      "compute_s": None, "error": "", "fallback": "", "attempts": [], "stream": False}
+            try:
+                _, reply, seconds, _ = await self.upstreams[name].complete(self._body(name, inputs, False), inputs,
+                                                                           image, False)
+                choice = reply["choices"][0]
+                conf = up.confidence(choice)
+                shadow.update(answer=up.answer_text(choice.get("message")), compute_s=seconds,
+                              confidence=None if math.isnan(conf) else conf)
+            except up.UpstreamError as e:
+                shadow["error"] = f"{e.kind}: {e.detail}"
+            shadow.update(latency_s=time.perf_counter() - t, status=200 if not shadow["error"] else 502)
+            self.log.write(shadow)
+
+        await asyncio.gather(*(one(m) for m in self.models if m != row["model"]), return_exceptions=True)
