@@ -9,7 +9,9 @@ them first, or this script runs them). The study goes to WORK/data/<run>/optuna.
 complete / pruned, the best trial's router-val objective (edge share with accuracy >=
 ``search.min_cloud_accuracy_ratio`` x all-cloud) and the same objective of the untuned default router
 (``router-train fit``'s router from the config's ``router`` section, trained when not cached), both with
-the threshold chosen by the same sweep on router-val.
+the threshold chosen by the same sweep on router-val; the median per-trial time split into its parts
+(``search.TrialTimer``: setup, train, validate, after (predict, decide, write the spec), other) and the
+epochs at which trials were pruned. Any config works (e.g. configs/blindtest/blindtest.yaml).
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ def main(argv: list[str] | None = None) -> int:
                                   export=False, worker_index=0)
     wall = time.perf_counter() - t0
 
+    import optuna
+    import statistics
+
+    st = optuna.load_study(study_name=summary["study"], storage=args.storage or search.default_storage(cfg))
+    done = [t for t in st.trials if "time_s" in t.user_attrs]
+    parts = ("setup", "train", "validate", "after", "total")
+    med = {k: statistics.median(t.user_attrs["time_s"][k] for t in done if k in t.user_attrs["time_s"])
+           for k in parts if any(k in t.user_attrs["time_s"] for t in done)}
+    complete = [t for t in done if "total" in t.user_attrs["time_s"]]
+    if complete:  # what no named part covers: checkpoint writes and reload, logger start and finish, loop overhead
+        med["other"] = statistics.median(t.user_attrs["time_s"]["total"] - sum(t.user_attrs["time_s"][k] for k in
+                                         ("setup", "train", "validate", "after")) for t in complete)
+    pruned = sorted(t.user_attrs.get("epochs", 0) for t in st.trials if t.state.name == "PRUNED")
+    epochs = [t.user_attrs.get("epochs", 0) for t in complete]
+
     t1 = time.perf_counter()
     module, spec = pipeline.stage_fit(cfg)  # the untuned default router (cached when `fit` ran before)
     default = search.val_objective_of(cfg, module, spec)
@@ -73,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                            f"{1e3 * default['mean_latency_s']:.1f} ms (fit/load {default_s:.1f} s)"),
         ("objective: best vs default", f"{picked['edge_share'] if picked else float('nan'):.4f} vs "
                                        f"{default['objective']:.4f}"),
+        ("per-trial time (median s)", ", ".join(f"{k} {v:.2f}" for k, v in med.items()) + " (complete trials' total)"),
+        ("epochs run", f"complete trials: median {statistics.median(epochs) if epochs else 0}, max "
+                       f"{max(epochs, default=0)}; pruned after epochs {pruned}"),
         ("outputs", summary.get("outputs", {}).get("dir", "-")),
     ]
     width = max(len(k) for k, _ in rows)
@@ -80,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<{width}}  {v}")
     print(json.dumps({"wall_s": round(wall, 2), "n_trials": summary["n_trials"], "trials": summary["trials"],
                       "best_val_objective": picked["edge_share"] if picked else None,
-                      "default_val_objective": default["objective"], "study": summary["study"]}))
+                      "default_val_objective": default["objective"], "study": summary["study"],
+                      "median_trial_s": med, "pruned_at_epochs": pruned}))
     return 0
 
 

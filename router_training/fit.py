@@ -198,8 +198,9 @@ class RouterDataModule(L.LightningDataModule):
     mean, std, training range, default out-of-distribution limit from router-val) is what the exported
     manifest carries: store ``dm.stats`` as ``spec["features"]``."""
 
-    def __init__(self, train: SplitArrays, val: SplitArrays, batch_size: int):
+    def __init__(self, train: SplitArrays, val: SplitArrays, batch_size: int, columns: int | None = None):
         super().__init__()
+        self.columns = columns  # the leading feature columns the network reads (None: all)
         self.stats = ood.stats(train.x, val.x)
         self.mean = np.asarray(self.stats["mean"], dtype=np.float32)
         self.std = np.asarray(self.stats["std"], dtype=np.float32)
@@ -211,14 +212,35 @@ class RouterDataModule(L.LightningDataModule):
         return ((x - self.mean) / self.std).astype(np.float32)
 
     def _tensors(self, s: SplitArrays):
+        x = self.standardise(s.x)[:, :self.columns]  # a router without the CNN never reads the thumbnail
         return torch.utils.data.TensorDataset(*(torch.tensor(np.asarray(a), dtype=torch.float32) for a in
-                                                (self.standardise(s.x), s.score, s.latency_s, s.energy_j)))
+                                                (x, s.score, s.latency_s, s.energy_j)))
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(self.sets["train"], self.batch_size, shuffle=True)
+        return _Batches(self.sets["train"].tensors, self.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return torch.utils.data.DataLoader(self.sets["val"], 4096)
+        return _Batches(self.sets["val"].tensors, 4096, shuffle=False)
+
+
+class _Batches:
+    """Batches of a tuple of aligned tensors as contiguous slices of one permuted copy per epoch (one
+    gather per epoch, torch's global generator, so ``seed_everything`` seeds it). A DataLoader over a
+    TensorDataset gathers row by row and stacks each batch: that was half of a search trial's time."""
+
+    def __init__(self, tensors: tuple, batch_size: int, shuffle: bool):
+        self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self):
+        data = self.tensors
+        if self.shuffle:
+            perm = torch.randperm(len(data[0]))
+            data = tuple(t[perm] for t in data)
+        for i in range(0, len(data[0]), self.batch_size):
+            yield [t[i:i + self.batch_size] for t in data]
 
 
 def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_dir: Path,
@@ -231,10 +253,11 @@ def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_
     An exception raised by a callback (e.g. ``optuna.TrialPruned``) propagates after the wandb run ends.
     Returns the trained module (eval mode) and its data module (for the standardisation)."""
     L.seed_everything(rc.seed, verbose=False)
-    dm = RouterDataModule(train, val, rc.batch_size)
-    lat, en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
     # all FEATURE_NAMES columns: the last ones are the thumbnail (a column subset, as baselines use, has none)
     n_pixels = len(PIXEL_FEATURES) if train.x.shape[1] == len(FEATURE_NAMES) else 0
+    dm = RouterDataModule(train, val, rc.batch_size,
+                          columns=train.x.shape[1] - n_pixels if n_pixels and not rc.image_embedding else None)
+    lat, en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
     module = RouterModule(train.x.shape[1], train.score.shape[1], dict(rc.__dict__), lat.tolist(), en.tolist(),
                           spec["ref_latency_s"], spec["ref_energy_j"], n_pixels)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ Modes:
 - ``single``: maximise the edge share subject to accuracy >= ``min_cloud_accuracy_ratio`` x all-cloud
   accuracy on router-val. The floor is an Optuna constraint (``Trial.set_constraint("accuracy_floor",
   floor - accuracy)``, feasible when <= 0); the threshold is the best of a sweep of ``threshold_grid``
-  values in [0, 1] (plus all-cloud). After every epoch the same objective of the current weights is
+  quantiles of the predicted edge probabilities on router-val (plus 0 and all-cloud). After every epoch the same objective of the current weights is
   logged as ``val_objective`` and reported to Optuna by ``optuna_integration``'s
   ``PyTorchLightningPruningCallback``, so the pruner can stop the trial (state PRUNED).
 - ``multi``: (accuracy, mean latency, mean energy) on router-val, maximise / minimise / minimise, with
@@ -19,8 +19,10 @@ Modes:
 
 Workers: any number of processes, on machines sharing a SQLAlchemy URL, run one study. Each runs trials
 until the study holds ``n_trials`` live trials (complete, pruned, running or waiting) and none is still
-running. A trial whose number comes after the first ``n_trials`` live trials (two workers asked at the
-same instant) ends at once as FAIL with user attribute ``surplus``. With an RDB storage every running
+running. Two workers that find n_trials - 1 live trials at the same instant both start one, so a study
+may end with up to (workers - 1) trials more than ``n_trials``: such a trial is run like any other (the
+worker would otherwise only wait for the others to finish) and ends COMPLETE or PRUNED, never FAIL, so a
+finished study holds no failed trial unless a worker died. With an RDB storage every running
 trial records a heartbeat every ``heartbeat_interval`` s; a trial whose heartbeat is older than
 ``grace_period`` (its worker was killed) is marked FAIL by the next worker's check and retried once
 with the same parameters (``RetryHeartbeatStaleTrialCallback``), so it is never lost silently.
@@ -53,7 +55,8 @@ from optuna.trial import TrialState
 from . import fit, pipeline, tune
 from .config import FEATURE_GROUPS, Config, RouterConfig, SearchConfig
 from .features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, THUMBNAIL_SIDE, WORD_FEATURES
-from .runtime import NEVER_THRESHOLD
+from .profile import DeploymentProfile
+from .runtime import NEVER_THRESHOLD, decide, expected_costs
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +73,6 @@ _GROUP_COLUMNS = {"image": IMAGE_FEATURES, "text": TEXT_FEATURES, "words": WORD_
 
 class SearchError(ValueError):
     """A user error: an unknown --pick, a study name taken by another mode."""
-
-
-class SurplusTrial(Exception):
-    """The study already held ``n_trials`` live trials when this one was created."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,14 +160,22 @@ def ignore_masked_inputs(module: fit.RouterModule, mask: np.ndarray) -> fit.Rout
 
 class Scorer:
     """Decisions and their metrics on router-val (``mode`` "single" or "multi"). ``floor`` = ``ratio`` x
-    all-cloud accuracy (None: no floor); single mode sweeps ``grid`` thresholds in [0, 1] plus all-cloud."""
+    all-cloud accuracy (None: no floor); single mode sweeps ``grid`` thresholds (``thresholds``: quantiles
+    of the predicted edge probabilities) plus all-cloud."""
 
     def __init__(self, val: fit.SplitArrays, spec: dict, tiers: list[str], cloud: int, mode: str,
                  ratio: float | None, grid: int = 101):
         self.val, self.spec, self.tiers, self.cloud, self.mode = val, spec, tiers, cloud, mode
         self.cloud_accuracy = float(val.score[:, cloud].mean())
         self.floor = None if ratio is None else float(ratio) * self.cloud_accuracy
-        self.grid = [*np.linspace(0.0, 1.0, grid).tolist(), ALL_CLOUD_THRESHOLD]
+        self.n_grid = grid
+
+    def thresholds(self, probs: np.ndarray) -> list[float]:
+        """The sweep: ``grid`` quantiles of the edge models' predicted P(correct) on router-val (so a router
+        whose probabilities lie in a narrow band still gets a fine sweep there), 0 and all-cloud."""
+        edge = probs[:, [k for k, t in enumerate(self.tiers) if t == "edge"]].ravel()
+        qs = np.quantile(edge, np.linspace(0.0, 1.0, self.n_grid)) if edge.size else []
+        return sorted({0.0, *map(float, qs)}) + [ALL_CLOUD_THRESHOLD]
 
     def decision(self, threshold: float, lambda_latency: float, lambda_energy: float) -> dict:
         return {"thresholds": [float(threshold) if t == "edge" else 0.0 for t in self.tiers],
@@ -182,13 +189,24 @@ class Scorer:
 
     def best(self, probs: np.ndarray, lambda_latency: float, lambda_energy: float) -> tuple[dict, dict]:
         """Single mode's threshold sweep: the decision with the largest edge share among those meeting
-        the floor (ties: higher accuracy, then lower latency); the most accurate one when none does."""
-        cands = [(d, self.metrics(probs, d)) for d in
-                 (self.decision(t, lambda_latency, lambda_energy) for t in self.grid)]
-        ok = [c for c in cands if self.feasible(c[1])]
+        the floor (ties: higher accuracy, then lower latency); the most accurate one when none does.
+        The sweep is ``runtime.decide``'s rule on whole arrays (it runs after every epoch of every trial);
+        the chosen decision's full metrics come from ``metrics``."""
+        lat, en = expected_costs(self.spec, DeploymentProfile.from_dict(self.spec["profile"]))
+        rows, edge = np.arange(len(probs)), np.array([t == "edge" for t in self.tiers])
+        cands = []
+        for t in self.thresholds(probs):
+            d = self.decision(t, lambda_latency, lambda_energy)
+            idx = decide(probs, lat, en, d["thresholds"], lambda_latency, lambda_energy, self.spec["ref_latency_s"],
+                         self.spec["ref_energy_j"])
+            acc = float(self.val.score[rows, idx].mean())
+            cands.append((d, acc, float(edge[idx].mean()), float(self.val.latency_s[rows, idx].mean())))
+        ok = [c for c in cands if self.feasible({"accuracy": c[1]})]
         if ok:
-            return max(ok, key=lambda c: (c[1]["edge_share"], c[1]["accuracy"], -c[1]["mean_latency_s"]))
-        return max(cands, key=lambda c: (c[1]["accuracy"], -c[1]["mean_latency_s"]))
+            d = max(ok, key=lambda c: (c[2], c[1], -c[3]))[0]
+        else:
+            d = max(cands, key=lambda c: (c[1], -c[3]))[0]
+        return d, self.metrics(probs, d)
 
     def objective(self, m: dict) -> float:
         """Single mode's intermediate objective: the edge share when the floor is met, else the (negative)
@@ -219,6 +237,35 @@ class ValMetrics(L.Callback):
             logged["val_objective"] = self.scorer.objective(m)
         for k, v in logged.items():
             pl_module.log(k, float(v))
+
+
+class TrialTimer(L.Callback):
+    """Where a trial's time goes (s), for the search benchmark: ``setup`` (from the trial's start to the
+    first training batch: masking, standardisation, Trainer and DataLoaders), ``train`` (training epochs),
+    ``validate`` (validation epochs, with ``ValMetrics``' threshold sweep) and ``epochs`` run. Put it last
+    in the callback list so the validation time includes the other callbacks'."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.times = {"setup": 0.0, "train": 0.0, "validate": 0.0}
+        self.epochs, self._t = 0, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.times["setup"] = time.perf_counter() - self.start
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.times["train"] += time.perf_counter() - self._t
+        self.epochs += 1
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._v = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.times["validate"] += time.perf_counter() - self._v
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,11 +355,6 @@ def open_study(storage, name: str, sc: SearchConfig, seed: int | None) -> optuna
     return study
 
 
-def within_budget(study: optuna.Study, number: int, n_trials: int) -> bool:
-    """Whether fewer than ``n_trials`` live trials come before trial ``number``."""
-    return sum(t.number < number for t in study.get_trials(deepcopy=False, states=LIVE)) < n_trials
-
-
 def run_worker(study: optuna.Study, objective, n_trials: int, poll_s: float = 5.0) -> list[int]:
     """Run trials of ``study`` until it holds ``n_trials`` live trials and none is running (others'
     trials included: a worker returns when the study is done). Stale trials of dead workers are failed
@@ -332,8 +374,7 @@ def run_worker(study: optuna.Study, objective, n_trials: int, poll_s: float = 5.
         running = any(t.state == TrialState.RUNNING for t in trials)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if len(trials) < n_trials or waiting:
-            study.optimize(objective, n_trials=1, catch=(SurplusTrial,), callbacks=[record],
-                           show_progress_bar=False)
+            study.optimize(objective, n_trials=1, callbacks=[record], show_progress_bar=False)
         elif running:
             time.sleep(poll_s)
         else:
@@ -384,6 +425,8 @@ class Objective:
         inputs ignored, data module, RouterConfig, feature mask)."""
         rc = router_config(self.cfg.router, params)
         mask = feature_mask(params.get("feature_groups"))
+        if not mask[-len(PIXEL_FEATURES):].any() and rc.image_embedding:
+            rc = dataclasses.replace(rc, image_embedding=0)  # no thumbnail: no CNN to train on constant zeros
         train, val = masked(self.train, mask), masked(self.val, mask)
         callbacks = []
         if trial is not None:
@@ -392,6 +435,7 @@ class Objective:
                 from optuna_integration import PyTorchLightningPruningCallback
 
                 callbacks.append(PyTorchLightningPruningCallback(trial, monitor="val_objective"))
+            callbacks.append(self.timer)
         wandb = None
         if loggers is True:
             wandb = {"group": self.study_name, "name": f"{self.study_name}-trial-{trial.number}",
@@ -404,13 +448,16 @@ class Objective:
         return ignore_masked_inputs(module, mask), dm, rc, mask
 
     def __call__(self, trial: optuna.Trial):
-        if not within_budget(trial.study, trial.number, self.n_trials):
-            trial.set_user_attr("surplus", True)
-            raise SurplusTrial(f"the study already holds {self.n_trials} live trials")
         params = {name: suggest(trial, name, d) for name, d in self.dists.items()}
         out = self.trial_root / f"trial-{trial.number:04d}"
         trial.set_user_attr("checkpoint_dir", str(out))
-        module, dm, rc, mask = self.train_router(params, out, trial, loggers=True if self.sc.wandb else "csv")
+        self.timer = TrialTimer()
+        try:
+            module, dm, rc, mask = self.train_router(params, out, trial, loggers=True if self.sc.wandb else "csv")
+        finally:  # a pruned trial's too
+            trial.set_user_attr("epochs", self.timer.epochs)
+            trial.set_user_attr("time_s", {k: round(v, 3) for k, v in self.timer.times.items()})
+        t0 = time.perf_counter()
         probs = fit.predict(module, dm, masked(self.val, mask).x)
         decision, m = self.decide(probs, rc, params)
         spec = {**self.spec, "features": {"mean": dm.mean.tolist(), "std": dm.std.tolist()},
@@ -421,6 +468,8 @@ class Objective:
             trial.set_user_attr(k, m[k])
         if self.scorer.floor is not None:
             trial.set_constraint("accuracy_floor", self.scorer.floor - m["accuracy"])
+        trial.set_user_attr("time_s", {**trial.user_attrs["time_s"], "after": round(time.perf_counter() - t0, 3),
+                                       "total": round(time.perf_counter() - self.timer.start, 3)})
         values = self.scorer.values(m)
         return values[0] if len(values) == 1 else values
 
