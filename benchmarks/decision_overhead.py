@@ -95,7 +95,8 @@ def build_artifact(out: Path) -> Path:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             module, dm = fit(train, val, spec, RouterConfig(epochs=1), out / "fit", loggers=False, progress=False)
             decision = {"thresholds": [0.5, 0.5, 0.0], "lambda_latency": 0.2, "lambda_energy": 0.1}
-            return export(module, dm.mean, dm.std, spec, decision, out / "artifact")
+            # with the training range (dm.stats), so route() computes the out-of-distribution score too
+            return export(module, dm.mean, dm.std, {**spec, "features": dm.stats}, decision, out / "artifact")
     except Exception:
         sys.stderr.write(buf.getvalue())
         raise

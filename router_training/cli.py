@@ -5,6 +5,7 @@
                                        report (= evaluate: the full evaluation report)
     router-train collect CONFIG --devices 4 --strategy ddp     collection on 4 processes (Lightning DDP)
     router-train route --artifact DIR --image PATH --question TEXT
+    router-train serve --artifact DIR --endpoints endpoints.yaml   OpenAI-compatible routing gateway
     router-train search CONFIG [--storage URL --study NAME]   hyperparameter search (start N times: N workers)
 """
 
@@ -59,6 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--question", required=True)
     r.add_argument("--uplink-mbps", type=float, default=None, help="current uplink bandwidth (Mbit/s)")
     r.add_argument("--rtt-s", type=float, default=None, help="current network round trip (s)")
+    r.add_argument("--max-pixels", type=int, default=None,
+                   help="pixel budget: refuse a larger image before decoding it (default 64000000; 0: none)")
+    r.add_argument("--ood-max-score", type=float, default=None,
+                   help="out-of-distribution limit, 0..1 (default: the manifest's, router-val's 99%% quantile)")
+    r.add_argument("--ood-policy", choices=("route", "cloud"), default=None,
+                   help="above the limit: route as usual (flagged) or send to the cloud (default: the manifest's)")
+    v = sub.add_parser("serve", help="OpenAI-compatible routing gateway in front of the artifact's models "
+                                     "(needs the serve extra)")
+    v.add_argument("--artifact", required=True, help="export folder with manifest.json and router.onnx")
+    v.add_argument("--endpoints", required=True, help="endpoints.yaml: each model's URL or in-process backend")
+    v.add_argument("--host", default=None, help="address to bind (default: the file's server.host, 127.0.0.1)")
+    v.add_argument("--port", type=int, default=None, help="port (default: the file's server.port, 8080)")
+    v.add_argument("--decision-log", default=None, help="JSONL decision log (default: the file's decision_log.path)")
     return p
 
 
@@ -83,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"router-train: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # a runtime-only install running a training stage
+        if args.command == "serve" and e.name in ("starlette", "uvicorn", "httpx", "h11", "anyio"):
+            print(f"router-train: {e}; `serve` needs the gateway's dependencies: pip install 'router-training[serve]'",
+                  file=sys.stderr)
+            return 2
         print(f"router-train: {e}; `{args.command}` needs the training dependencies: "
               f"pip install 'router-training[train]' (the runtime alone needs numpy, pillow, onnxruntime)",
               file=sys.stderr)
@@ -116,22 +134,33 @@ def _one_line_per_message() -> None:
 
 
 def _run(args) -> int:
-    if args.command == "route":
-        from PIL import Image
+    if args.command == "serve":
+        from .serve.app import serve
 
+        serve(args.artifact, args.endpoints, args.host, args.port, args.decision_log)
+        return 0
+    if args.command == "route":
         from .runtime import Router, expected_costs
 
         for name, v, low in (("--uplink-mbps", args.uplink_mbps, "> 0"), ("--rtt-s", args.rtt_s, ">= 0")):
             if v is not None and not ((v > 0 if low == "> 0" else v >= 0) and v < float("inf")):
                 raise ValueError(f"{name} must be a finite number {low}, got {v}")
         router = Router.load(args.artifact)
-        d = router.route(Image.open(args.image), args.question, args.uplink_mbps, args.rtt_s)
+        if args.max_pixels is not None:
+            router.max_pixels = args.max_pixels or None
+        router.ood_max_score, router.ood_policy = args.ood_max_score, args.ood_policy
+        d = router.route(args.image, args.question, args.uplink_mbps, args.rtt_s)  # a path: JPEG draft decoding
+        limit, policy = router.ood_settings()
         profile = router.profile.with_network(args.uplink_mbps, args.rtt_s)
         lat, en = expected_costs(router.manifest, profile)
         print(json.dumps({"model": d.model, "tier": d.tier, "p_correct": d.scores,
                           "network": {"uplink_mbps": profile.uplink_mbps, "rtt_s": profile.rtt_s},
                           "expected_latency_s": dict(zip(router.models, lat.tolist())),
-                          "expected_energy_j": dict(zip(router.models, en.tolist()))}, indent=2))
+                          "expected_energy_j": dict(zip(router.models, en.tolist())),
+                          "ood": {"score": d.ood_score, "max_score": limit, "flagged": d.ood, "policy": policy},
+                          "warnings": d.warnings}, indent=2))
+        for w in d.warnings:
+            print(f"router-train route: warning: {w}", file=sys.stderr)
         return 0
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here loads from a hub

@@ -82,6 +82,10 @@ class DatasetConfig:
     ``split_by``: the column whose groups never straddle two router splits (default ``image_id``; e.g.
     the template or image group a question was generated from); for ``hf`` and ``folder`` any column of
     the data, for ``easyvqa`` only ``image_id``.
+    ``on_bad_row``: what the data stage does with rows it cannot use (no image, an unreadable or
+    undecodable image, a question ``features.check_question`` refuses, a missing or duplicate id, a
+    malformed JSONL line): "error" (default) lists every one of them in one pass and stops; "skip" drops
+    them, writes them with their reasons to data/<run>/bad_rows.jsonl and goes on with the rest.
     """
 
     kind: str = "easyvqa"
@@ -105,8 +109,11 @@ class DatasetConfig:
     scorer: str = "vqa"
     numeric_rel_tol: float = 1e-4
     split_by: str = "image_id"
+    on_bad_row: str = "error"
 
     def __post_init__(self):
+        if self.on_bad_row not in ("error", "skip"):
+            raise ValueError(f"dataset.on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
         if self.kind not in DATASET_KINDS:
             raise ValueError(f"dataset.kind must be one of {DATASET_KINDS}, got {self.kind!r}")
         if self.scorer not in SCORERS:
@@ -312,7 +319,14 @@ class TuneConfig:
     Optuna search is replaced by Learn-then-Test calibration on router-val: the lambdas stay the router
     section's, the edge threshold is the most permissive one certified, and the router's best epoch is
     chosen on a held-out fifth of router-train so router-val is untouched by training (the guarantee's
-    exchangeability assumption, ``guarantee.py``)."""
+    exchangeability assumption, ``guarantee.py``).
+
+    With ``max_latency_s`` (s) the target is instead the best router-val accuracy whose mean latency is
+    within that budget (the accuracy keys and ``minimize`` do not apply). ``uplink_grid_mbps`` (Mbit/s)
+    tunes the thresholds again at each of these uplinks, with router-val's latencies recomputed there,
+    and stores them in the artifact (``tune.tune_grid``, manifest ``network_grid``) so the runtime uses
+    the ones for its current uplink; None: (1, 2, 5, 10, 20, 50, 100) with ``max_latency_s`` (a budget
+    is met only if the thresholds follow the network), no grid otherwise; [] no grid."""
 
     n_trials: int = 300
     min_cloud_accuracy_ratio: float | None = None  # None: 0.99 unless max_accuracy_drop is given
@@ -320,9 +334,26 @@ class TuneConfig:
     minimize: str = "latency"
     seed: int = 0
     guarantee: GuaranteeConfig | None = None
+    max_latency_s: float | None = None
+    uplink_grid_mbps: list | None = None
 
     def __post_init__(self):
         r, d = self.min_cloud_accuracy_ratio, self.max_accuracy_drop
+        b = self.max_latency_s
+        if b is not None:
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not (0 < b < float("inf")):
+                raise ValueError(f"tune.max_latency_s must be a finite number of seconds > 0, got {b!r}")
+            if r is not None or d is not None:
+                raise ValueError("tune: max_latency_s (best accuracy within a latency budget) replaces "
+                                 "min_cloud_accuracy_ratio / max_accuracy_drop; give one target")
+            if self.guarantee is not None:
+                raise ValueError("tune: max_latency_s and guarantee are two different targets; give one")
+        g = self.uplink_grid_mbps
+        if g is not None:
+            if not isinstance(g, (list, tuple)) or not all(
+                    isinstance(u, (int, float)) and not isinstance(u, bool) and 0 < u < float("inf") for u in g):
+                raise ValueError(f"tune.uplink_grid_mbps must be a list of uplinks in Mbit/s (> 0), got {g!r}")
+            self.uplink_grid_mbps = sorted({float(u) for u in g})
         if r is not None and d is not None:
             raise ValueError("tune: give min_cloud_accuracy_ratio or max_accuracy_drop, not both")
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 2):
@@ -330,7 +361,7 @@ class TuneConfig:
         if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1):
             raise ValueError(f"tune.max_accuracy_drop must be a fraction in [0, 1) (0.01 = one accuracy point), "
                              f"got {d!r}")
-        if r is None and d is None:
+        if r is None and d is None and b is None:
             self.min_cloud_accuracy_ratio = 0.99
         if self.minimize not in ("latency", "energy"):
             raise ValueError(f"tune.minimize must be 'latency' or 'energy', got {self.minimize!r}")
@@ -341,13 +372,24 @@ class TuneConfig:
                              f"{self.guarantee!r}")
 
     def accuracy_floor(self, cloud_accuracy: float) -> float:
-        """The least accuracy (a fraction) that meets the target, given all-cloud's ``cloud_accuracy``."""
+        """The least accuracy (a fraction) that meets the target, given all-cloud's ``cloud_accuracy``
+        (0.0 under a latency budget, which has no accuracy floor)."""
+        if self.max_latency_s is not None:
+            return 0.0
         if self.max_accuracy_drop is not None:
             return cloud_accuracy - self.max_accuracy_drop
         return self.min_cloud_accuracy_ratio * cloud_accuracy
 
+    def grid(self) -> list[float]:
+        """The uplinks (Mbit/s) to tune thresholds at (``uplink_grid_mbps``, or its default)."""
+        if self.uplink_grid_mbps is not None:
+            return list(self.uplink_grid_mbps)
+        return [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0] if self.max_latency_s is not None else []
+
     def target_text(self) -> str:
         """The target in words, e.g. "97% of all-cloud accuracy" or "at most 1 point below all-cloud"."""
+        if self.max_latency_s is not None:
+            return f"the best accuracy within a mean latency of {1e3 * self.max_latency_s:g} ms"
         if self.max_accuracy_drop is not None:
             return f"at most {100 * self.max_accuracy_drop:g} accuracy points below all-cloud"
         return f"{100 * self.min_cloud_accuracy_ratio:g}% of all-cloud accuracy"

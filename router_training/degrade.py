@@ -11,11 +11,14 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
+from . import images
+
 KINDS = ("clean", "blur", "low_light", "downscale", "noise", "jpeg", "color_cast")
 
 
 def apply(image: Image.Image, kind: str, severity: float, rng: np.random.Generator) -> Image.Image:
-    """Degrade an RGB image.
+    """Degrade an image, first made RGB as every consumer sees it (``images.rgb``: any mode, transparency
+    on white, 16-bit and float scaled, EXIF orientation applied).
 
     Args: ``kind`` one of KINDS; ``severity`` in [0, 1]; ``rng`` for the noise draw.
     Returns a new RGB image; ``downscale`` returns a smaller image (side scaled by 0.45 - 0.3 * severity),
@@ -28,7 +31,7 @@ def apply(image: Image.Image, kind: str, severity: float, rng: np.random.Generat
         raise ValueError(f"unknown degradation {kind!r}; expected one of {KINDS}")
     if not 0.0 <= severity <= 1.0:
         raise ValueError(f"severity must be in [0, 1], got {severity}")
-    image = image.convert("RGB")
+    image = images.rgb(image)
     scale = image.width / 64.0
     if kind == "clean":
         return image.copy()

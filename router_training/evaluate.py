@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics, outcomes, policies, report
+from . import data, metrics, outcomes, policies, report
 from .config import Config
 from .fit import SplitArrays, split_arrays
 from .runtime import Router, expected_costs
@@ -83,6 +83,18 @@ def guarantee_check(cfg: Config, router: Router, splits: dict[str, SplitArrays],
     return {**guarantee.resplit_check(losses, grid, gc.eps, gc.delta, gc.transform, gc.resplits, edge=edge),
             "pool": " + ".join(names), "deployed_violation_rate": fixed["violation_rate"], "deployed_eps": dep_eps,
             "deployed_mean_loss": fixed["mean_test_loss"], "deployed_edge_share": fixed["mean_edge_share"]}
+
+
+def ood_summary(router: Router, x: np.ndarray) -> dict | None:
+    """The out-of-distribution score (``ood.ood_score``) of router-test's raw features ``x`` (n, F):
+    quantiles (50, 90, 99, max), the limit in force and the share of questions above it, so a user can
+    set ``ood_max_score`` / ``ood_policy``. None when the artifact records no training range."""
+    scores = router.ood_scores(x)
+    if scores is None:
+        return None
+    limit, policy = router.ood_settings()
+    return {"quantiles": {q: float(np.quantile(scores, q / 100)) for q in (50, 90, 99)}, "max": float(scores.max()),
+            "limit": limit, "policy": policy, "flagged": None if limit is None else float((scores > limit).mean())}
 
 
 def bandwidth_table(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, router: Router, cloud: int) -> list[dict]:
@@ -210,6 +222,14 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
     sections += ["## Calibration of predicted P(correct)", "", report.calibration_markdown(calib), "",
                  "## Uplink bandwidth (the router re-decides at run time, no retraining)", "",
                  report.bandwidth_markdown(bw), "", "![bandwidth](bandwidth.png)", ""]
+    ood = ood_summary(router, test.x)
+    if ood is not None:
+        sections += ["## Out-of-distribution score (share of features outside router-train's range)", "",
+                     report.ood_markdown(ood), ""]
+    skipped = len(data.bad_rows(cfg))
+    if skipped:
+        sections += [f"{skipped} rows of the dataset were skipped as unusable (`dataset.on_bad_row: skip`); "
+                     f"they and their reasons are in {cfg.path('data') / data.BAD_ROWS}.", ""]
     if by_deg is not None:
         sections += ["## Reference-model accuracy by degradation", "", by_deg.round(3).to_markdown(index=False), ""]
     configured = [{"model": m["name"], "compute_source": m["compute_source"]} for m in router.manifest["models"]
@@ -220,6 +240,7 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
          "intervals": intervals, "paired": paired, "left_out": {k: cfg.model_names[v] for k, v in left_out.items()},
          "configured_costs": configured, "splits": {"split_by": cfg.dataset.split_by, **(split or {})},
          "empty_questions": int(info["empty_question"].sum()) if "empty_question" in info.columns else None,
+         "ood": ood, "skipped_rows": skipped,
          "calibration": calib, "bandwidth": bw, "guarantee_check": check, "decision": decision,
          "profile": cfg.profile.to_dict()}, indent=2, default=float))
     return main

@@ -13,6 +13,7 @@ filter-based features.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -64,6 +65,10 @@ _CUES: dict[str, tuple[str, ...]] = {
                   "reasons", "purpose", "cause", "what makes"),
 }
 
+# per cue: (its single words, its word sequences padded with spaces), matched by _text_of
+_CUE_TERMS = {name: (frozenset(t for t in terms if " " not in t), tuple(f" {t} " for t in terms if " " in t))
+              for name, terms in _CUES.items()}
+
 TEXT_FEATURES: tuple[str, ...] = (
     ("word_count", "char_count")
     + tuple("qtype_" + t.replace("/", "_") for t in QUESTION_TYPES)
@@ -106,6 +111,9 @@ _CONTROL_RE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 class QuestionError(ValueError):
     """A question the router refuses (``check_question``)."""
+
+
+_INV = (1.0 / np.maximum(np.arange(256), 1)).astype(np.float32)  # 1 / max(R, G, B) for the saturation
 
 
 def _mean_var(x: np.ndarray) -> tuple[float, float]:
@@ -218,7 +226,7 @@ def _image_of(size: tuple[int, int], thumb: Image.Image, crop: Image.Image) -> n
     (m_rg, v_rg), (m_yb, v_yb) = _mean_var(rg), _mean_var(yb)
     colorful = math.hypot(math.sqrt(v_rg), math.sqrt(v_yb)) + 0.3 * math.hypot(m_rg, m_yb)
     mx, mn = np.maximum(np.maximum(r8, g8), b8), np.minimum(np.minimum(r8, g8), b8)
-    sat = float(((mx - mn) / np.maximum(mx, 1).astype(np.float32)).sum()) / n
+    sat = float(np.dot((mx - mn).ravel().astype(np.float32), _INV[mx.ravel()])) / n
 
     g_mean, g_var = _mean_var(g)
     return np.array([
@@ -252,15 +260,18 @@ def image_parts(image, max_pixels: int | None = None) -> tuple[np.ndarray, np.nd
     return _image_of(size, thumb, crop), _thumbnail_of(thumb)
 
 
-def _normalise(question: str) -> str:
-    """NFKC form (full-width letters and digits as ASCII, ligatures split) with every run of whitespace
-    (any Unicode space, tab or line break) one space and the ends stripped. Raises TypeError for a
+def _nfkc(question: str) -> str:
+    """NFKC form (full-width letters and digits as ASCII, ligatures split). Raises TypeError for a
     non-string."""
     if not isinstance(question, str):
         raise TypeError(f"question must be str, got {type(question).__name__}")
-    if question.isascii():  # the common case: NFKC changes nothing
-        return " ".join(question.split())
-    return " ".join(unicodedata.normalize("NFKC", question).split())
+    return question if question.isascii() else unicodedata.normalize("NFKC", question)  # ASCII: unchanged
+
+
+def _normalise(question: str) -> str:
+    """``_nfkc`` with every run of whitespace (any Unicode space, tab or line break) one space and the
+    ends stripped."""
+    return " ".join(_nfkc(question).split())
 
 
 def check_question(question: str) -> tuple[str, str | None]:
@@ -272,11 +283,12 @@ def check_question(question: str) -> tuple[str, str | None]:
     QuestionError for a control character other than whitespace (C0 / C1 controls, DEL: binary garbage
     or a terminal escape, not a question), a lone surrogate (not UTF-8 encodable) or a text longer than
     MAX_QUESTION_CHARS characters."""
-    text = _normalise(question)
-    bad = _CONTROL_RE.search(text)
+    raw = _nfkc(question)
+    bad = _CONTROL_RE.search(raw)
     if bad is not None:
         raise QuestionError(f"question has control character U+{ord(bad.group()):04X} at position {bad.start()}; "
                             "remove it (only printable text and whitespace are read)")
+    text = " ".join(raw.split())
     if len(text) > MAX_QUESTION_CHARS:
         raise QuestionError(f"question has {len(text)} characters, more than MAX_QUESTION_CHARS = "
                             f"{MAX_QUESTION_CHARS}; shorten it")
@@ -345,8 +357,8 @@ def _text_of(text: str, t: list[str]) -> np.ndarray:
     joined = " " + " ".join(t) + " "
     qtype = _type_of(t)
     cues = []
-    for name, terms in _CUES.items():
-        hit = any((" " + term + " " in joined) if " " in term else (term in words) for term in terms)
+    for name, (single, phrases) in _CUE_TERMS.items():
+        hit = not words.isdisjoint(single) or any(p in joined for p in phrases)
         if name == "negation":
             hit = hit or any(w.endswith("n't") for w in t)
         cues.append(float(hit))
@@ -354,6 +366,7 @@ def _text_of(text: str, t: list[str]) -> np.ndarray:
     return np.array([len(t), len(text)] + onehot + cues, dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a device sees the same words again and again
 def word_buckets(token: str) -> tuple[int, int]:
     """The two WORD_FEATURES buckets of a token: the two little-endian 32-bit halves of its 8-byte BLAKE2b
     digest, each mod WORD_BUCKETS (stable across processes and platforms, unlike Python's salted

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 WORK_SIDE = 1024  # the router's working image: longer side in [WORK_SIDE, 2 WORK_SIDE), or the image itself
-BAND_PIXELS = 1 << 21  # conversions that copy run over bands of at most ~2 Mpx (8 MB as RGBA)
+BAND_PIXELS = 1 << 19  # conversions that copy run over bands of at most ~0.5 Mpx (2 MB as float32 grey)
 DEFAULT_MAX_PIXELS = 64_000_000  # the device's pixel budget by default (a 64-Mpx RGBA PNG decodes to 256 MB)
 WHITE = (255, 255, 255)
 ORIENTATION = 0x0112  # EXIF tag
@@ -83,11 +83,15 @@ def reduction(size: tuple[int, int], work_side: int = WORK_SIDE) -> int:
     return k
 
 
+_LUT16 = ((np.arange(65536) + 128) // 257).astype(np.uint8)  # 16-bit level -> round(level / 257), half up
+
+
 def _scaled_grey(im: Image.Image):
-    """A band converter for "I;16*", "I" and "F" images (see the module docstring): 2-D array -> "L"."""
-    if im.mode.startswith("I;16"):
-        scale = 1.0 / 257.0
-    elif im.mode == "I":
+    """A band converter for "I;16*", "I" and "F" images (see the module docstring): band -> "L" (grey:
+    reduced before it is made RGB)."""
+    if im.mode.startswith("I;16"):  # a lookup table: one pass, no float copy
+        return lambda band: Image.fromarray(_LUT16[np.asarray(band)], "L")
+    if im.mode == "I":
         scale = 1.0 / 257.0 if im.getextrema()[1] > 255 else 1.0
     else:  # "F": finite min / max over bands (getextrema counts inf and is unreliable with NaN)
         lo, hi = math.inf, -math.inf
@@ -99,8 +103,12 @@ def _scaled_grey(im: Image.Image):
         scale = 255.0 if lo >= 0.0 and hi <= 1.0 else 1.0
 
     def convert(band: Image.Image) -> Image.Image:
-        a = np.nan_to_num(np.asarray(band, dtype=np.float32), nan=0.0, posinf=255.0 / scale, neginf=0.0)
-        return Image.fromarray(np.clip(a * scale + 0.5, 0.0, 255.0).astype(np.uint8), "L").convert("RGB")
+        a = np.array(band, dtype=np.float32)  # the band's only float copy (writable): the rest is in place
+        np.nan_to_num(a, copy=False, nan=0.0, posinf=255.0 / scale, neginf=0.0)
+        a *= scale
+        a += 0.5
+        np.clip(a, 0.0, 255.0, out=a)
+        return Image.fromarray(a.astype(np.uint8), "L")
 
     return convert
 
@@ -116,8 +124,8 @@ def _on_white(band: Image.Image) -> Image.Image:
 
 
 def _converter(im: Image.Image):
-    """The function mapping a band of ``im`` (same mode and info) to "RGB"; raises ValueError for a mode
-    with no deliberate mapping."""
+    """The function mapping a band of ``im`` (same mode and info) to "RGB" or "L"; raises ValueError for a
+    mode with no deliberate mapping."""
     if im.mode in _ALPHA or (im.mode in ("P", "RGB", "L") and "transparency" in im.info):
         return _on_white
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
@@ -146,15 +154,25 @@ def _rgb_reduced(im: Image.Image, k: int) -> Image.Image:
         out = im.reduce(k) if k > 1 else im
         return out if out.mode == "RGB" else out.convert("RGB")
     convert = _converter(im)
+
+    def part(band: Image.Image) -> Image.Image:
+        if k > 1 and im.mode.startswith("I;16"):  # average the 16-bit levels in C (as "I"), then scale
+            return Image.fromarray(_LUT16[np.asarray(band.convert("I").reduce(k))], "L").convert("RGB")
+        if convert is _on_white and k > 1:  # reduce first: Pillow averages RGBA premultiplied by alpha, and
+            if band.mode not in ("RGBA", "LA"):  # compositing on white is linear in (premultiplied colour,
+                band = band.convert("LA" if band.mode == "La" else "RGBA")  # alpha): the same result, 1/k^2 the work
+            return _on_white(band.reduce(k))
+        out = convert(band)
+        out = out.reduce(k) if k > 1 else out
+        return out if out.mode == "RGB" else out.convert("RGB")
+
     w, h = im.size
     if w * h <= BAND_PIXELS:
-        out = convert(im)
-        return out.reduce(k) if k > 1 else out
+        return part(im)
     out = Image.new("RGB", (-(-w // k), -(-h // k)))
     top = 0
     for band in _bands(im, k):
-        part = convert(band)
-        out.paste(part.reduce(k) if k > 1 else part, (0, top // k))
+        out.paste(part(band), (0, top // k))
         top += band.height
     return out
 

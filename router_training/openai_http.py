@@ -30,8 +30,8 @@ What each Answer holds:
 Retries: timeouts, connection errors, HTTP 429 and 5xx are retried up to ``max_retries`` times (so
 ``max_retries + 1`` attempts) after ``backoff_s * 2**k`` seconds (k = 0, 1, ...), or the server's
 ``Retry-After`` if longer (capped at 60 s). Other 4xx and malformed replies are not retried. A kept-alive
-connection the server has closed is detected by httpx's pool before reuse and replaced, without counting
-as an attempt. ``timeout_s`` bounds each network operation (connect, each write, each read, waiting for
+connection the server has closed is replaced without counting as an attempt (httpx's pool sees most
+before reuse; one closed just as it was reused, with nothing sent back, is sent once more at once). ``timeout_s`` bounds each network operation (connect, each write, each read, waiting for
 a pooled connection), not the whole reply (``httpx.Timeout(timeout_s)``).
 
 The API key is read from the environment variable named ``api_key_env`` at each request and sent as
@@ -282,9 +282,17 @@ class OpenAIBackend:
         if self.api_key_env is not None:
             headers["Authorization"] = "Bearer " + os.environ.get(self.api_key_env, "")
         client = self._http()
-        t0 = time.perf_counter()
         try:
-            resp = client.post(self._url, content=body, headers=headers)
+            for fresh in (False, True):
+                t0 = time.perf_counter()
+                try:
+                    resp = client.post(self._url, content=body, headers=headers)
+                    break
+                except httpx.RemoteProtocolError as e:
+                    # a kept-alive connection the server closed just as it was reused (before the pool could
+                    # see it): nothing came back, so send once more on a new connection, not counted
+                    if fresh or "without sending a response" not in str(e):
+                        raise
         except httpx.TimeoutException:
             raise _Failure("timeout", f"no reply within {self.timeout_s:g} s", retry=True) from None
         except httpx.TransportError as e:

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 
+import datasets
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -135,7 +136,8 @@ def stage_features(cfg: Config) -> pd.DataFrame:
     ds = data.build_router_dataset(cfg)
     per_image: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # image_id -> (image features, thumbnail)
     rows = []
-    for r in tqdm(ds, desc="features", unit="q"):
+    # undecoded cells: images.load decodes each image once, as the device does a file (a JPEG at draft scale)
+    for r in tqdm(ds.cast_column("image", datasets.Image(decode=False)), desc="features", unit="q"):
         if r["image_id"] not in per_image:
             per_image[r["image_id"]] = features.image_parts(r["image"])
         img, pixels = per_image[r["image_id"]]
@@ -196,7 +198,7 @@ def stage_fit(cfg: Config, force: bool = False, loggers: bool = True):
     if cfg.tune.guarantee:
         train, val = train.holdout(0.2, cfg.router.seed)
     module, dm = fit.fit(train, val, spec, cfg.router, out, loggers=loggers)
-    spec["features"] = {"mean": dm.mean.tolist(), "std": dm.std.tolist()}
+    spec["features"] = dm.stats  # mean, floored std, training range, OOD limit (``ood.stats``)
     spec_path.write_text(json.dumps(spec, indent=2))
     return module, spec
 
@@ -227,7 +229,7 @@ def stage_tune(cfg: Config, force: bool = False) -> dict:
         decision = json.loads(path.read_text())
         if decision.get("study") == name:
             return decision
-    _, splits = load_splits(cfg)
+    table, splits = load_splits(cfg)
     val = splits["router-val"]
     db = cfg.path("data") / "optuna.db"
     if force and db.exists():  # drop this study only: the file also holds `router-train search` studies
@@ -242,9 +244,14 @@ def stage_tune(cfg: Config, force: bool = False) -> dict:
         decision = tune.calibrated(predict(module, spec, val.x), val, spec, cfg.tiers, cloud, cfg.tune.guarantee,
                                    cfg.router.lambda_latency, cfg.router.lambda_energy, models=cfg.model_names)
     else:
-        decision = tune.tune(predict(module, spec, val.x), val, spec, cfg.tiers, cloud, cfg.tune, db, name,
+        probs = predict(module, spec, val.x)
+        decision = tune.tune(probs, val, spec, cfg.tiers, cloud, cfg.tune, db, name,
                              start={"lambda_latency": cfg.router.lambda_latency,
                                     "lambda_energy": cfg.router.lambda_energy}, models=cfg.model_names)
+        # with a latency budget: thresholds tuned per uplink, which the runtime picks by the current estimate
+        grid = tune.grid_for_run(probs, table, stage_features(cfg), spec, cfg, cloud, name, start=decision.get("params"))
+        if grid:
+            decision["network_grid"] = grid
     decision["study"] = name
     path.write_text(json.dumps(decision, indent=2))
     return decision
@@ -266,6 +273,8 @@ def stage_export(cfg: Config, chosen: dict | None = None) -> dict:
             target = {"guarantee": target["guarantee"]}
         extra = {"tuning": {"study": decision["study"], "trial": decision["trial"], "target": target,
                             **({"guarantee": decision["guarantee"]} if "guarantee" in decision else {})}}
+        if decision.get("network_grid"):
+            extra["network_grid"] = decision["network_grid"]
     else:
         module, spec, decision, extra = chosen["module"], chosen["spec"], chosen["decision"], chosen["extra"]
     _, splits = load_splits(cfg)

@@ -21,7 +21,10 @@ class DeploymentProfile:
     while waiting for a cloud answer (W); ``radio_tx_power_w`` radio power while uploading (W);
     ``uplink_mbps`` / ``downlink_mbps`` (Mbit/s); ``rtt_s`` network round trip (s); ``response_bytes``
     size of a cloud reply (bytes); ``edge_compute_scale`` / ``cloud_compute_scale`` convert measured
-    compute seconds into seconds on the target hardware (1.0 when measured there).
+    compute seconds into seconds on the target hardware (1.0 when measured there); ``request_bytes``
+    (bytes, optional) what every cloud request of the deployed device carries (e.g. its camera frames,
+    larger than the collected images), replacing the payloads measured at collection in every cost
+    (None: as measured; a gateway request's own size replaces both, ``runtime.expected_costs``).
     The figures in ``configs/profiles/*.yaml`` cite their sources (datasheets, measurement papers).
     """
 
@@ -35,6 +38,7 @@ class DeploymentProfile:
     response_bytes: int = 512
     edge_compute_scale: float = 1.0
     cloud_compute_scale: float = 1.0
+    request_bytes: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "DeploymentProfile":
@@ -50,10 +54,17 @@ class DeploymentProfile:
             raise ValueError(f"deployment profile: {e}") from None
         if prof.uplink_mbps <= 0 or prof.downlink_mbps <= 0:
             raise ValueError(f"deployment profile {prof.name!r}: bandwidths must be > 0 Mbit/s")
+        rb = prof.request_bytes
+        if rb is not None and (isinstance(rb, bool) or not isinstance(rb, (int, float)) or not 0 < rb < float("inf")):
+            raise ValueError(f"deployment profile {prof.name!r}: request_bytes must be a number of bytes > 0, got {rb!r}")
         return prof
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a mapping (``request_bytes`` only when set, so older manifests read the same)."""
+        d = asdict(self)
+        if d["request_bytes"] is None:
+            del d["request_bytes"]
+        return d
 
     def with_network(self, uplink_mbps: float | None = None, rtt_s: float | None = None) -> "DeploymentProfile":
         """A copy with the current uplink bandwidth (Mbit/s) and/or round trip (s)."""
@@ -68,7 +79,8 @@ class DeploymentProfile:
         """Latency (s) and device energy (J) of running queries on a tier.
 
         Args: ``tier`` "edge" or "cloud" (scalar or array of str); ``compute_s`` measured compute time
-        (s); ``payload_bytes`` bytes sent off-device (ignored on the edge). Arrays broadcast.
+        (s); ``payload_bytes`` bytes sent off-device (ignored on the edge; replaced by ``request_bytes``
+        when the profile sets it). Arrays broadcast.
         Returns float64 arrays ``(latency_s, energy_j)``.
 
         Edge: latency = compute * edge_scale; energy = edge_power * latency.
@@ -83,6 +95,8 @@ class DeploymentProfile:
             raise ValueError(f"unknown tier {tier[bad].flat[0]!r}; expected one of {TIERS}")
         compute_s = np.asarray(compute_s, dtype=np.float64)
         payload = np.asarray(payload_bytes, dtype=np.float64)
+        if self.request_bytes is not None:
+            payload = np.full(payload.shape, float(self.request_bytes))
         edge_lat = compute_s * self.edge_compute_scale
         upload = payload * 8.0 / (self.uplink_mbps * 1e6)
         cloud_lat = (self.rtt_s + upload + self.response_bytes * 8.0 / (self.downlink_mbps * 1e6)

@@ -360,7 +360,8 @@ def bandwidth_markdown(rows: list[dict]) -> str:
                   "too little to outweigh any query's predicted accuracy gap, so the tuned thresholds (which edge "
                   "models are eligible) decide alone, and only the latency and energy of cloud-routed queries change. "
                   "Decisions move with the network where the lambda terms, not the thresholds, separate edge from "
-                  "cloud (lower thresholds, or payloads large enough that the uplink dominates the cloud's latency)."]
+                  "cloud (lower thresholds, or payloads large enough that the uplink dominates the cloud's latency), "
+                  "and with a latency budget (`tune: {max_latency_s: ...}`), whose thresholds are tuned per uplink."]
     return "\n".join(lines)
 
 
@@ -431,3 +432,16 @@ def bandwidth_plot(path, rows: list[dict], profile: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def ood_markdown(ood: dict) -> str:
+    """``evaluate.ood_summary`` as text: the score's quantiles on router-test and what the limit flags."""
+    q = ood["quantiles"]
+    line = (f"On router-test the score's median is {q[50]:.4f}, 90th percentile {q[90]:.4f}, 99th {q[99]:.4f}, "
+            f"maximum {ood['max']:.4f} (0: every feature inside router-train's range).")
+    if ood["limit"] is None:
+        return line + " The artifact sets no limit."
+    return (line + f" The artifact's limit is {ood['limit']:.4f} (router-val's 99th percentile unless set): "
+            f"{100 * ood['flagged']:.1f}% of router-test questions lie above it; policy `{ood['policy']}` "
+            "(`route`: decide as usual and flag; `cloud`: send flagged queries to the cloud; set with "
+            "`Router.ood_policy` / `router-train route --ood-policy`).")

@@ -8,11 +8,15 @@ Decision rule (``decide``): each model m gets the predicted cost
 ``-p_m + lambda_latency * L_m / L_ref + lambda_energy * E_m / E_ref`` where L_m, E_m are the model's
 expected latency (s) and energy (J) under the current deployment profile and L_ref, E_ref those of the
 all-cloud policy; models whose p_m is below their threshold are not eligible (cloud models always are);
-the eligible model with the lowest predicted cost is chosen.
+the eligible model with the lowest predicted cost is chosen. A manifest may also hold ``network_grid``:
+thresholds and lambdas tuned on router-val per uplink (``tune.tune_grid``); the rule then uses those of
+the current uplink (``Router.decision_at``). The cloud's expected cost uses a query's own payload when
+the caller gives it (the gateway: the request body), else the manifest's mean.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -58,6 +62,8 @@ def expected_costs(manifest: dict, profile: DeploymentProfile,
     if payload_bytes is None:
         return profile.cost(tiers, compute, [m["mean_payload_bytes"] for m in models])
     payload = np.asarray(payload_bytes, dtype=np.float64)
+    if profile.request_bytes is not None:  # the query's own size beats the profile's planning figure
+        profile = dataclasses.replace(profile, request_bytes=None)
     return profile.cost(tiers, compute, payload[..., None] if payload.ndim else payload)
 
 
@@ -171,17 +177,50 @@ class Router:
 
     def route(self, image: Image.Image | str | Path, question: str, uplink_mbps: float | None = None,
               rtt_s: float | None = None, payload_bytes: float | None = None) -> Decision:
-        """Decide where one query runs. ``image`` any PIL image or an image file's path (EXIF orientation
-        applied first); ``question`` a string. Returns a Decision. (``features.extract`` applies the EXIF
-        orientation and converts the mode itself, without copying an RGB image that needs neither.)
+        """Decide where one query runs. ``image`` any PIL image or an image file's path, bytes or file
+        object (``images.load``: any Pillow mode, EXIF orientation, a JPEG decoded at reduced scale, no
+        copy of an RGB image that needs nothing); ``question`` a string, read by
+        ``features.check_question`` (the data stage's rule: an empty one is routed with a warning).
+        Returns a Decision with the query's out-of-distribution score; a query above the limit is sent
+        to the cloud when the policy says so (class docstring).
+
+        Raises images.ImageTooLarge above ``max_pixels`` (before decoding), features.QuestionError for a
+        question the rule refuses, ValueError / OSError for an image that cannot be read.
 
         The cloud models' network cost is that of ``payload_bytes`` (what this query sends, e.g. the
         request body the gateway forwards) when given, else of the mean payload measured at collection
         (``manifest["models"][k]["mean_payload_bytes"]``), not this image's size."""
-        if isinstance(image, (str, Path)):
-            with Image.open(image) as im:
-                im.load()
-                image = im
-        probs = self.predict(features.extract(image, question)[None])
-        k = int(self.decide(probs, uplink_mbps, rtt_s, payload_bytes)[0])
-        return Decision(self.models[k], self.tiers[k], dict(zip(self.models, probs[0].tolist())))
+        text, warning = features.check_question(question)
+        feats = features.extract(image, text, self.max_pixels)[None]
+        probs = self.predict(feats)
+        score = self.ood_scores(feats)
+        limit, policy = self.ood_settings()
+        flagged = score is not None and limit is not None and bool(score[0] > limit)
+        warnings = [warning] if warning else []
+        if flagged:
+            warnings.append(f"out of distribution: score {score[0]:.3f} > limit {limit:.3f}; "
+                            + ("sent to the cloud (ood policy 'cloud')" if policy == "cloud" else "routed as usual"))
+        choose = np.where(self._cloud, probs, -np.inf) if flagged and policy == "cloud" else probs
+        k = int(self.decide(choose, uplink_mbps, rtt_s, payload_bytes)[0])
+        return Decision(self.models[k], self.tiers[k], dict(zip(self.models, probs[0].tolist())),
+                        None if score is None else float(score[0]), flagged, warnings)
+
+    def ood_scores(self, feats: np.ndarray) -> np.ndarray | None:
+        """``ood.ood_score`` float64 (n,) of raw features float (n, F) against the manifest's training
+        range; None when the artifact has none (exported before the range was recorded)."""
+        if not hasattr(self, "_range"):
+            f = self.manifest["features"]
+            self._range = (None if "min" not in f else
+                           (np.asarray(f["min"], dtype=np.float32), np.asarray(f["max"], dtype=np.float32)))
+            self._cloud = np.array([t == "cloud" for t in self.tiers])
+        return None if self._range is None else ood.ood_score(feats, *self._range)
+
+    def ood_settings(self) -> tuple[float | None, str]:
+        """(limit, policy) in force: the attributes ``ood_max_score`` / ``ood_policy`` when set, else the
+        manifest's ``ood`` section ("route" when it has none). Raises ValueError for another policy."""
+        m = self.manifest.get("ood") or {}
+        limit = self.ood_max_score if self.ood_max_score is not None else m.get("max_score")
+        policy = self.ood_policy or m.get("policy") or "route"
+        if policy not in ("route", "cloud"):
+            raise ValueError(f"ood_policy must be 'route' or 'cloud', got {policy!r}")
+        return limit, policy

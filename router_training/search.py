@@ -254,10 +254,10 @@ class TrialTimer(L.Callback):
         self.times["setup"] = time.perf_counter() - self.start
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._t = time.perf_counter()
+        self._t, self._validated = time.perf_counter(), self.times["validate"]
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.times["train"] += time.perf_counter() - self._t
+    def on_train_epoch_end(self, trainer, pl_module):  # Lightning validates inside the training epoch
+        self.times["train"] += time.perf_counter() - self._t - (self.times["validate"] - self._validated)
         self.epochs += 1
 
     def on_validation_epoch_start(self, trainer, pl_module):
@@ -460,7 +460,7 @@ class Objective:
         t0 = time.perf_counter()
         probs = fit.predict(module, dm, masked(self.val, mask).x)
         decision, m = self.decide(probs, rc, params)
-        spec = {**self.spec, "features": {"mean": dm.mean.tolist(), "std": dm.std.tolist()},
+        spec = {**self.spec, "features": dm.stats,
                 "router": dict(rc.__dict__), "feature_groups": params.get("feature_groups", ALL_GROUPS)}
         (out / "spec.json").write_text(json.dumps(spec, indent=2))
         trial.set_user_attr("decision", decision)
@@ -631,7 +631,7 @@ def chosen_router(cfg: Config, objective: Objective, trial: optuna.trial.FrozenT
         log.info("trial %d's checkpoint %s is not here (trained by a worker on another machine?): retraining "
                  "it with its parameters", trial.number, d)
         module, dm, rc, _ = objective.train_router(trial.params, d, loggers=False)
-        spec = {**objective.spec, "features": {"mean": dm.mean.tolist(), "std": dm.std.tolist()},
+        spec = {**objective.spec, "features": dm.stats,
                 "router": dict(rc.__dict__), "feature_groups": trial.params.get("feature_groups", ALL_GROUPS)}
     record = {"study": objective.study_name, "trial": trial.number, "params": dict(trial.params),
               "mode": cfg.search.mode, "storage": safe_url(storage_url),

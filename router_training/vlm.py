@@ -37,6 +37,13 @@ def min_side_of(processor) -> int:
     return int(patch) * int(merge)
 
 
+def max_aspect_of(processor) -> float | None:
+    """Largest aspect ratio (long side / short side) the processor accepts: 200 for processors that
+    patchify the image at its own size (``min_side_of`` > 1: Qwen2-VL's ``smart_resize`` refuses a
+    larger ratio), else None (no limit: they resize every image to a fixed size)."""
+    return 200.0 if min_side_of(processor) > 1 else None
+
+
 @register("transformers")
 class TransformersBackend:
     """Greedy short-answer VQA with a transformers image-text-to-text model.
@@ -45,7 +52,8 @@ class TransformersBackend:
     ``max_new_tokens`` (generation cap), ``dtype`` ("float32", "bfloat16", "float16" or "auto"),
     ``device`` ("cpu", "cuda", "cuda:1", ...), ``batch_size`` (pairs per ``generate`` call),
     ``prompt`` (instruction appended after the question on a new line), ``min_side`` (px; images whose
-    shorter side is smaller are enlarged, aspect kept; default ``min_side_of(processor)``).
+    shorter side is smaller are enlarged, aspect kept; default ``min_side_of(processor)``); images whose
+    aspect ratio is above ``max_aspect_of(processor)`` are first padded with white (``images.prepare``).
 
     Raises OSError (from transformers) when the model or processor cannot be found / loaded, and
     ValueError when the processor has no chat template.
@@ -73,6 +81,7 @@ class TransformersBackend:
         self.model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=torch_dtype)
         self.model.to(self.device).eval()
         self.min_side = int(min_side) if min_side is not None else min_side_of(self.processor)
+        self.max_aspect = max_aspect_of(self.processor)
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
@@ -139,7 +148,7 @@ class TransformersBackend:
         for s in range(0, len(questions), self.batch_size):
             ims, qs = images[s: s + self.batch_size], questions[s: s + self.batch_size]
             try:
-                answers.extend(self._generate([imagelib.prepare(im, self.min_side) for im in ims], qs))
+                answers.extend(self._generate([imagelib.prepare(im, self.min_side, self.max_aspect) for im in ims], qs))
             except Exception as exc:  # noqa: BLE001  isolate the failing pair(s), keep the rest
                 if len(qs) == 1:
                     log.warning("%s: pair %d failed: %r", self.name, s, exc)
@@ -148,7 +157,7 @@ class TransformersBackend:
                 log.warning("%s: batch at %d failed (%r); retrying pair by pair", self.name, s, exc)
                 for i, (im, q) in enumerate(zip(ims, qs)):
                     try:
-                        answers.extend(self._generate([imagelib.prepare(im, self.min_side)], [q]))
+                        answers.extend(self._generate([imagelib.prepare(im, self.min_side, self.max_aspect)], [q]))
                     except Exception as exc1:  # noqa: BLE001
                         log.warning("%s: pair %d failed: %r", self.name, s + i, exc1)
                         answers.append(self._failed(im, q, exc1))

@@ -21,7 +21,7 @@ STREAMDIE  with ``stream: true``: the first event, then the connection is cut (a
 =========  ====================================================================================
 
 The question is the last user message's text (its first line); the image, when there is one, is the
-first ``image_url`` part of any message (a base64 data URL). With ``"stream": true`` the reply is
+first ``image_url`` part of any message (a base64 data URL, or an http://127.0.0.1 URL it fetches). With ``"stream": true`` the reply is
 server-sent events as OpenAI's API sends them (a role chunk, the answer in two content chunks, a chunk
 with ``finish_reason``, a usage chunk when ``stream_options.include_usage``, then ``data: [DONE]``).
 ``GET /v1/models`` lists ``models``; ``GET /files/<name>`` serves ``files[name]`` (bytes, for remote
@@ -49,6 +49,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -68,6 +69,7 @@ def dominant_colour(image: Image.Image) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
     server: "ChatServer"
 
     def log_message(self, *args):  # quiet
@@ -218,7 +220,12 @@ def _inputs(messages: list) -> tuple[str, Image.Image | None]:
         for p in parts:
             if p.get("type") == "image_url" and image is None:
                 url = p["image_url"]["url"] if isinstance(p["image_url"], dict) else p["image_url"]
-                image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+                if url.startswith("http://127.0.0.1:"):  # fetched, as vLLM does (loopback only, in tests)
+                    with urllib.request.urlopen(url, timeout=5) as f:
+                        data = f.read()
+                else:
+                    data = base64.b64decode(url.split(",", 1)[1])
+                image = Image.open(io.BytesIO(data))
                 image.load()
         if m.get("role") == "user":
             texts = [p["text"] for p in parts if p.get("type") == "text"]
@@ -229,6 +236,7 @@ def _inputs(messages: list) -> tuple[str, Image.Image | None]:
 
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: 32 clients connecting at once overflow socketserver's 5
 
     def __init__(self, name: str = "test", port: int = 0):
         super().__init__(("127.0.0.1", port), _Handler)

@@ -32,12 +32,12 @@ COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yello
            "white": (255, 255, 255), "black": (0, 0, 0)}
 
 
-def known_artifact(out: Path, grid: bool = True) -> Path:
-    """Export the artifact described in the module docstring to ``out``; returns ``out``."""
+def known_module():
+    """The RouterModule of the module docstring: P(edge-small correct) = sigmoid(8 (brightness - 0.5)),
+    P(cloud correct) = 0.95, on unstandardised features."""
     import torch
 
     from router_training.config import RouterConfig
-    from router_training.export import export
     from router_training.fit import RouterModule
 
     rc = RouterConfig(hidden=[], image_embedding=0)
@@ -48,6 +48,19 @@ def known_artifact(out: Path, grid: bool = True) -> Path:
         layer.weight.zero_()
         layer.weight[0, IMAGE_FEATURES.index("brightness")] = 8.0
         layer.bias.copy_(torch.tensor([-4.0, float(np.log(0.95 / 0.05))]))
+    return module
+
+
+def export_known(out: Path, spec: dict, decision: dict, extra: dict) -> Path:
+    """``export.export`` of ``known_module`` with unstandardised features (mean 0, std 1)."""
+    from router_training.export import export
+
+    F = len(FEATURE_NAMES)
+    return export(known_module(), np.zeros(F, np.float32), np.ones(F, np.float32), spec, decision, out, extra=extra)
+
+
+def known_artifact(out: Path, grid: bool = True) -> Path:
+    """Export the artifact described in the module docstring to ``out``; returns ``out``."""
     spec = {"models": [{"name": "edge-small", "tier": "edge", "mean_compute_s": 0.001, "mean_payload_bytes": 0.0,
                         "compute_source": "measured"},
                        {"name": "cloud", "tier": "cloud", "mean_compute_s": 0.002, "mean_payload_bytes": 3000.0,
@@ -58,8 +71,7 @@ def known_artifact(out: Path, grid: bool = True) -> Path:
     if grid:
         extra["network_grid"] = [{"uplink_mbps": u, "thresholds": [0.0 if u < 5 else 0.6, 0.0], "lambda_latency": 0.2,
                                   "lambda_energy": 0.0} for u in (1.0, 2.0, 5.0, 10.0, 20.0)]
-    F = len(FEATURE_NAMES)
-    return export(module, np.zeros(F, np.float32), np.ones(F, np.float32), spec, decision, out, extra=extra)
+    return export_known(out, spec, decision, extra)
 
 
 def solid(colour: str, size=(64, 64), fmt: str = "PNG", noise: int = 0, seed: int = 0) -> bytes:

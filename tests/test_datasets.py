@@ -1,6 +1,8 @@
 """Tests for bringing your own data: dataset kinds "hf" and "folder" (router_training.data, config)."""
 
+import io
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -198,7 +200,7 @@ def test_duplicate_question_ids_raise(tmp_path):
     images.mkdir()
     picture(0).save(images / "a.png")
     rows = [{"image": "a.png", "question": "q?", "answers": ["x"], "question_id": 5}] * 2
-    with pytest.raises(ValueError, match=r"sample_id '5'.*rows 0 and 1"):
+    with pytest.raises(ValueError, match=r"(?s)1 bad rows.*sample '5': sample_id '5' .* is also on row 0"):
         data.load_base(folder_config(tmp_path, rows=rows))
 
 
@@ -391,3 +393,109 @@ def test_ready_dataset_configs_load(tmp_path, name):
     assert cfg.dataset.kind in ("hf", "folder") and cfg.dataset.degradations == {"clean": 1.0}
     if name == "vqav2":
         assert cfg.dataset.columns["answers"] == "answers.answer" and cfg.dataset.split == "validation"
+
+
+# ---------------------------------------------------------------------------------------------------
+# bad rows: every one listed in one pass; dataset.on_bad_row error | skip; the shared question rule
+# ---------------------------------------------------------------------------------------------------
+
+
+def corrupt_png() -> bytes:
+    """A PNG whose chunks all have valid CRCs (so ``verify`` passes) but whose pixel data is not a zlib
+    stream: only decoding it fails."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(buf, format="PNG")
+    d = buf.getvalue()
+    i = d.index(b"IDAT")
+    n = struct.unpack(">I", d[i - 4:i])[0]
+    return d[:i + 4] + b"\0" * n + struct.pack(">I", zlib.crc32(b"IDAT" + b"\0" * n)) + d[i + 8 + n:]
+
+
+def hostile_folder(root: Path) -> tuple[Path, list[dict]]:
+    """A folder dataset with six good rows and one of each kind of bad row (all without question_id, so
+    sample ids are row numbers q0, q1, ...). Returns (images folder, rows as written)."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    for i in range(6):
+        picture(i).save(images / f"ok{i}.png")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (images / "corrupt.png").write_bytes(corrupt_png())
+    rows = [{"image": f"ok{i}.png", "question": f"is it {i}?", "answers": ["yes"]} for i in range(6)]
+    rows += [{"image": "broken.png", "question": "q?", "answers": ["x"]},        # q7: unreadable
+             {"image": "nowhere.png", "question": "q?", "answers": ["x"]},       # q8: missing file
+             {"image": "ok0.png", "question": "bad\x00text", "answers": ["x"]},  # q9: control character
+             {"image": "ok1.png", "question": "w" * 2001, "answers": ["x"]},     # q10: over-long
+             {"image": "corrupt.png", "question": "q?", "answers": ["x"]},       # q11: does not decode
+             {"image": "ok2.png", "question": "", "answers": ["x"]}]             # q12: empty: kept
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(3, "{not json")                                               # q3: the 4th line
+    (root / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    return images, rows
+
+
+def test_every_bad_row_is_listed_in_one_pass(tmp_path):
+    """Before, the data stage stopped at the first bad image and named only that one."""
+    hostile_folder(tmp_path / "d")
+    cfg = run_config(tmp_path, {"kind": "folder", "images_dir": "d/images", "questions": "d/questions.jsonl"})
+    assert cfg.dataset.on_bad_row == "error"
+    with pytest.raises(ValueError) as e:
+        data.build_router_dataset(cfg)
+    msg = str(e.value)
+    assert "6 bad rows" in msg and "dataset.on_bad_row: skip" in msg
+    for sid, reason in [("q3", r".*questions.jsonl:4: not a JSON object"), ("q7", r"image .*broken.png cannot be read"),
+                        ("q8", r"image file .*nowhere.png not found"), ("q9", r"question has control character U\+0000"),
+                        ("q10", r"question has 2001 characters"), ("q11", r"image .*corrupt.png cannot be decoded")]:
+        assert re.search(rf"sample '{sid}': {reason}", msg), (sid, msg)
+    listed = data.bad_rows(cfg)
+    assert [b["sample_id"] for b in listed] == ["q3", "q7", "q8", "q9", "q10", "q11"]
+    assert not (cfg.path("data") / "router_dataset").exists()  # nothing saved
+
+
+def test_skip_drops_only_the_bad_rows_and_writes_them_down(tmp_path, caplog):
+    hostile_folder(tmp_path / "d")
+    cfg = run_config(tmp_path, {"kind": "folder", "images_dir": "d/images", "questions": "d/questions.jsonl",
+                                "on_bad_row": "skip", "splits": {"a": 0.5, "b": 0.5}})
+    with caplog.at_level("WARNING"):
+        ds = data.build_router_dataset(cfg)
+    assert "skipped 6 bad rows" in caplog.text
+    # every good row kept, with the id it has without the bad rows around it; the empty question too
+    assert sorted(ds["sample_id"], key=lambda s: int(s[1:])) == ["q0", "q1", "q2", "q4", "q5", "q6", "q12"]
+    assert dict(zip(ds["sample_id"], ds["question"]))["q12"] == ""
+    skipped = data.bad_rows(cfg)
+    assert len(skipped) == 6 and all(b["reason"] for b in skipped)
+    assert json.loads((cfg.path("data") / data.BAD_ROWS).read_text().splitlines()[0])["sample_id"] == "q3"
+    assert data.build_router_dataset(cfg)["sample_id"] == ds["sample_id"]  # cached
+
+
+def test_folders_built_before_on_bad_row_still_load(tmp_path):
+    write_folder(tmp_path / "mine", n_images=8)
+    cfg = run_config(tmp_path, {"kind": "folder", "images_dir": "mine/images", "questions": "mine/questions.jsonl",
+                                "splits": {"a": 0.5, "b": 0.5}})
+    data.build_router_dataset(cfg)
+    stamp = cfg.path("data") / "dataset_config.json"
+    old = json.loads(stamp.read_text())
+    del old["on_bad_row"]  # written by a version without the key
+    stamp.write_text(json.dumps(old))
+    assert len(data.build_router_dataset(cfg)) == 16
+    with pytest.raises(ValueError, match="on_bad_row must be 'error' or 'skip'"):
+        DatasetConfig(on_bad_row="ignore")
+
+
+def test_the_data_stage_reads_questions_by_the_devices_rule(tmp_path):
+    """Stored question text = features.check_question's, the text route() reads too."""
+    from router_training.features import check_question
+
+    images = tmp_path / "images"
+    images.mkdir()
+    picture(0).save(images / "a.png")
+    raw = ["  What\tcolour\n is it? ", "\uff37\uff28\uff21\uff34?", "\u56fe\u4e2d\u6709\u51e0\u4e2a\u5706?", "   "]
+    rows = [{"image": "a.png", "question": q, "answers": ["x"], "question_id": i} for i, q in enumerate(raw)]
+    ds = data.load_base(folder_config(tmp_path, rows=rows))
+    assert ds["question"] == [check_question(q)[0] for q in raw] == ["What colour is it?", "WHAT?",
+                                                                       "\u56fe\u4e2d\u6709\u51e0\u4e2a\u5706?", ""]
+    rows.append({"image": "a.png", "question": "bad\x1b[0m", "answers": ["x"], "question_id": 9})
+    with pytest.raises(ValueError, match=r"sample '9': question has control character U\+001B"):
+        data.load_base(folder_config(tmp_path, rows=rows))

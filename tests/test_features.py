@@ -240,26 +240,20 @@ def test_text_counts_and_cues():
 
 
 def test_runs_without_torch():
+    """The device side (runtime, features, images, ood, profile) imports no torch, scipy or cv2."""
     code = textwrap.dedent("""
         import sys
         sys.modules['torch'] = None  # any `import torch` now raises ImportError
-        import importlib.util
         from PIL import Image
-        # Load features.py by path so only the module itself (not the package
-        # __init__, edited elsewhere) is under test.
-        spec = importlib.util.spec_from_file_location('features', sys.argv[1])
-        F = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(F)
+        from router_training import features as F, runtime  # runtime imports images, ood, profile
         x = F.extract(Image.new('RGB', (8, 8), (1, 2, 3)), 'How many dogs?')
         assert x.shape == (len(F.FEATURE_NAMES),)
-        bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'scipy', 'cv2')
+        bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'scipy', 'cv2', 'pandas', 'datasets')
                and sys.modules[m] is not None]
         assert not bad, bad
         print('ok')
     """)
-    path = REPO / "router_training" / "features.py"
-    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
@@ -280,3 +274,65 @@ def test_exif_orientation_is_applied_before_features():
     assert f[F.IMAGE_FEATURES.index("width_px")] == 100 and f[F.IMAGE_FEATURES.index("height_px")] == 200
     assert prepare(im).size == (100, 200)
     np.testing.assert_array_equal(f, F.image_features(prepare(im)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the question rule (features.check_question), shared by the data stage and the device
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "\t\n \u3000"])
+def test_empty_questions_are_allowed_with_a_warning(raw):
+    assert F.check_question(raw) == ("", "empty question: the router sees only the image")
+    np.testing.assert_array_equal(F.question_features(raw), F.question_features(""))
+
+
+@pytest.mark.parametrize("raw, position", [("what\x00 is it?", 4), ("\x1b[31mred?", 0), ("a\x7f", 1),
+                                           ("broken \ud800 text", 7), ("next\x85line", 4)])
+def test_control_characters_and_lone_surrogates_are_refused(raw, position):
+    with pytest.raises(F.QuestionError, match=rf"control character U\+[0-9A-F]{{4}} at position {position}"):
+        F.check_question(raw)
+    with pytest.raises(F.QuestionError):
+        F.question_features(raw)  # what extract (the device) computes applies the same rule
+
+
+def test_over_long_questions_are_refused_and_whitespace_is_normalised():
+    ok = "a" * F.MAX_QUESTION_CHARS
+    assert F.check_question(ok) == (ok, None)
+    with pytest.raises(F.QuestionError, match=rf"{F.MAX_QUESTION_CHARS + 1} characters, more than"):
+        F.check_question(ok + "b")
+    assert F.check_question("  what\tcolour \n\n is it?  ") == ("what colour is it?", None)
+    assert F.check_question("\uff37\uff28\uff21\uff34 is it?")[0] == "WHAT is it?"  # full-width -> ASCII (NFKC)
+    assert tfeat("what  is   it?", "char_count") == len("what is it?")
+    with pytest.raises(TypeError):
+        F.check_question(None)
+
+
+@pytest.mark.parametrize("question, tokens", [
+    ("\u56fe\u4e2d\u6709\u51e0\u4e2a\u5706\uff1f", ["\u56fe", "\u4e2d", "\u6709", "\u51e0", "\u4e2a", "\u5706"]),
+    ("\u0421\u043a\u043e\u043b\u044c\u043a\u043e \u043a\u0440\u0443\u0433\u043e\u0432?",
+     ["\u0441\u043a\u043e\u043b\u044c\u043a\u043e", "\u043a\u0440\u0443\u0433\u043e\u0432"]),
+    ("\u0915\u094d\u092f\u093e \u092f\u0939 \u0932\u093e\u0932 \u0939\u0948?",  # Hindi: marks stay in their word
+     ["\u0915\u094d\u092f\u093e", "\u092f\u0939", "\u0932\u093e\u0932", "\u0939\u0948"]),
+    ("\u0645\u0627 \u0644\u0648\u0646 \u0627\u0644\u0634\u0643\u0644\u061f",
+     ["\u0645\u0627", "\u0644\u0648\u0646", "\u0627\u0644\u0634\u0643\u0644"]),
+    ("Caf\u00e9 au lait, isn\u2019t it?", ["caf\u00e9", "au", "lait", "isn't", "it"]),
+])
+def test_any_script_is_tokenised(question, tokens):
+    """Before, only [a-z0-9] counted: these questions had no words at all (word_count 0, no buckets)."""
+    text = F.check_question(question)[0]
+    assert F._tokens(text) == tokens
+    assert tfeat(question, "word_count") == len(tokens) and F.word_features(question).sum() == 2 * len(tokens)
+
+
+def test_easyvqa_tokens_are_unchanged():
+    """On ASCII questions the tokeniser gives what [a-z0-9]+('[a-z]+)? gave (feature version 4)."""
+    import re
+
+    import easy_vqa
+
+    old = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+    qs = set(easy_vqa.get_train_questions()[0]) | set(easy_vqa.get_test_questions()[0])
+    qs |= {"Isn't it red?", "what's the 2nd shape's colour?", "is it (left)?", "t-shirt: yes/no?"}
+    for q in qs:
+        assert F._tokens(F.check_question(q)[0]) == old.findall(q.lower()), q

@@ -83,7 +83,8 @@ def create_app(gateway: Gateway):
         try:
             raw = await read_body(request)
         except RequestError as e:
-            return Response(json.dumps(e.body()), status_code=e.status, media_type="application/json")
+            reply = gateway.refuse(e, int(request.headers.get("content-length") or 0))
+            return Response(reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.media_type)
         reply = await gateway.chat(raw, request.headers)
         if reply.stream is not None:
             return StreamingResponse(reply.stream, status_code=reply.status, headers=reply.headers,

@@ -30,6 +30,8 @@ stream         whether the reply was streamed
 uplink_mbps,   the network figures the decision used, and their ``network_source`` (header, config,
 rtt_s          estimate, profile)
 attempts       failed calls before the answer: [{model, error}]
+ood_score, ood  the router's out-of-distribution score and flag (``Decision``), when it has them
+warnings       the router's warnings (an empty question, out of distribution), when any
 features_version  the router's ``features.FEATURE_VERSION``
 question       the last user text (when ``decision_log.questions``)
 image_file     the saved image's file name under ``<log stem>-images/`` (when ``decision_log.images``)
@@ -142,8 +144,8 @@ def export_training(path: str | Path, out_dir: str | Path, models: list[str]) ->
       ``confidence``, ``compute_s``, ``payload_bytes`` (add ``correct`` or ``score`` per line to grade).
 
     A run config then reads them with ``dataset: {kind: folder, images_dir: <log stem>-images,
-    questions: out_dir/questions.jsonl, columns: {image: image_file}}`` and ``outcomes: {path:
-    out_dir/outcomes.jsonl, model_column: model}``. Returns {"requests": n, "rows": n * len(models),
+    questions: out_dir/questions.jsonl, columns: {image: image_file, sample_id: sample_id}}`` and
+    ``outcomes: {path: out_dir/outcomes.jsonl, model_column: model}``. Returns {"requests": n, "rows": n * len(models),
     "skipped": requests left out}. Raises ValueError for a torn log or when no request qualifies."""
     rows = read(path)
     by_request: dict[str, dict[str, dict]] = {}

@@ -10,9 +10,9 @@ Per request:
 
 1. ``model`` "router" routes; a model of the artifact bypasses the router (no fallback: the caller
    chose); anything else is 404. The first image and the last user text are the router's inputs
-   (``requests``); the image is decoded under the limits on a worker thread, where the decision runs
-   too (features + ONNX, ``Router.route``) with the current network figures (``network``) and this
-   request's body size as the cloud payload.
+   (``requests``); the image is checked under the limits and routed (features + ONNX,
+   ``Router.route``) with the current network figures (``network``) and this request's body size as the
+   cloud payload: on the event loop for bodies up to ``INLINE_BYTES``, on a worker thread above.
 2. The chosen model is called. A failure that another model may answer (``UpstreamError.fallback``)
    goes to the other tier's models, most likely correct first, then the same tier's
    (``x-router-fallback: cloud-error`` or ``edge-error``). With ``routing.escalate_below``, a
@@ -21,7 +21,8 @@ Per request:
 3. The reply carries the route in ``x-router-*`` headers: ``request-id``, ``route``, ``model`` (the one
    that answered), ``tier``, ``decision`` (the router's first choice), ``fallback`` (``none`` or the
    reason), ``p-correct`` (JSON {model: P(correct)}), ``decision-ms``, ``uplink-mbps``, ``rtt-s``,
-   ``network`` (their source), ``payload-bytes``. Errors are OpenAI-style objects with the same
+   ``network`` (their source), ``payload-bytes``, and the router's ``ood-score`` / ``ood`` when the
+   artifact records its training range. Errors are OpenAI-style objects with the same
    request id. A successful non-streaming cloud call over HTTP feeds the network estimator.
 4. One decision-log row per request (``decision_log``), written before the reply's last byte.
 
@@ -44,16 +45,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Mapping
 
+from PIL import Image
+
 from .. import features
 from . import upstream as up
 from .config import ServeConfig
 from .decision_log import SPLIT, DecisionLog
 from .network import NetworkEstimator
 from .prom import Metrics
-from .requests import RequestError, decode_base64, image_ext, image_id, image_source, open_image, parse_body
+from .streaming import relay
+from .requests import (RequestError, decode_base64, fetch_remote, image_ext, image_id, image_source, number_header,
+                       open_image, parse_body)
 
 log = logging.getLogger(__name__)
 ROUTER_MODEL = "router"
+# requests up to this many bytes are decoded and routed on the event loop (about 1-2 ms for a 224 px JPEG):
+# a worker thread's wake-up costs more than that on a busy machine; larger images go to the thread pool,
+# so that decoding a camera frame never stalls the other requests
+INLINE_BYTES = 256_000
 
 
 @dataclass
@@ -71,20 +80,6 @@ class Reply:
         return "text/event-stream" if self.stream is not None else "application/json"
 
 
-def _number_header(headers: Mapping, name: str, positive: bool) -> float | None:
-    v = headers.get(name)
-    if v is None:
-        return None
-    try:
-        x = float(v)
-    except ValueError:
-        x = math.nan
-    if not (math.isfinite(x) and (x > 0 if positive else x >= 0)):
-        raise RequestError(400, f"header {name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}",
-                           "invalid_header")
-    return x
-
-
 class Gateway:
     """See the module docstring. ``artifact`` an export folder (or pass a loaded ``router``)."""
 
@@ -92,6 +87,7 @@ class Gateway:
         from ..runtime import Router
 
         self.router = router if router is not None else Router.load(artifact)
+        self.router.max_pixels = cfg.limits.max_image_pixels  # the runtime's own budget: the gateway's limit
         self.cfg = cfg
         cfg.check_models(self.router.models)
         self.models = list(self.router.models)
@@ -162,7 +158,7 @@ class Gateway:
         for hdr, conf, live, prior, positive in (
                 ("x-router-uplink-mbps", self.cfg.network.uplink_mbps, est and est.uplink_mbps, prof.uplink_mbps, True),
                 ("x-router-rtt-s", self.cfg.network.rtt_s, est and est.rtt_s, prof.rtt_s, False)):
-            h = _number_header(headers, hdr, positive)
+            h = number_header(headers, hdr, positive)
             picks.append((h, "header") if h is not None else (conf, "config") if conf is not None
                          else (live, "estimate") if live is not None else (prior, "profile"))
         (uplink, us), (rtt, rs) = picks
@@ -182,26 +178,41 @@ class Gateway:
     async def chat(self, raw: bytes, headers: Mapping) -> Reply:
         """Answer one ``POST /v1/chat/completions`` body (``headers``: lower-case names). Never raises."""
         t0 = time.perf_counter()
-        rid = uuid.uuid4().hex
-        row = {"sample_id": rid, "image_id": "", "split": SPLIT, "model": "", "tier": "", "answer": "", "score": None,
-               "confidence": None, "compute_s": None, "payload_bytes": len(raw), "error": "", "request_id": rid,
-               "time": time.time(), "route": "", "requested": "", "decision": "", "fallback": "", "p_correct": {},
-               "decision_s": None, "latency_s": None, "status": None, "stream": False, "uplink_mbps": None,
-               "rtt_s": None, "network_source": "", "attempts": [], "features_version": features.FEATURE_VERSION}
-        self.metrics.inc("router_in_flight")
+        row = self._new_row(len(raw))
         try:
-            reply = await asyncio.wait_for(self._chat(raw, headers, row, t0), self.cfg.limits.request_timeout_s)
+            if hasattr(asyncio, "timeout"):  # Python >= 3.11: no extra task per request
+                async with asyncio.timeout(self.cfg.limits.request_timeout_s):
+                    reply = await self._chat(raw, headers, row, t0)
+            else:
+                reply = await asyncio.wait_for(self._chat(raw, headers, row, t0), self.cfg.limits.request_timeout_s)
         except RequestError as e:
             reply = self._error(e, row)
         except asyncio.TimeoutError:
             reply = self._error(RequestError(504, f"no answer within {self.cfg.limits.request_timeout_s:g} s "
                                                   "(limits.request_timeout_s)", "timeout", type="upstream_error"), row)
         except Exception as e:  # noqa: BLE001 - a bug must cost one request an error object, not the gateway
-            log.exception("request %s failed", rid)
+            log.exception("request %s failed", row["request_id"])
             reply = self._error(RequestError(500, f"internal error ({type(e).__name__})", "internal_error",
                                              type="server_error"), row)
         if reply.stream is None:
             self._finish(row, reply.status, t0)
+        return reply
+
+    def _new_row(self, payload_bytes: int) -> dict:
+        rid = uuid.uuid4().hex
+        self.metrics.inc("router_in_flight")
+        return {"sample_id": rid, "image_id": "", "split": SPLIT, "model": "", "tier": "", "answer": "", "score": None,
+                "confidence": None, "compute_s": None, "payload_bytes": payload_bytes, "error": "", "request_id": rid,
+                "time": time.time(), "route": "", "requested": "", "decision": "", "fallback": "", "p_correct": {},
+                "decision_s": None, "latency_s": None, "status": None, "stream": False, "uplink_mbps": None,
+                "rtt_s": None, "network_source": "", "attempts": [], "features_version": features.FEATURE_VERSION}
+
+    def refuse(self, e: RequestError, payload_bytes: int = 0) -> Reply:
+        """The error reply (and log row) of a request refused before its body was read (e.g. too large)."""
+        t0 = time.perf_counter()
+        row = self._new_row(payload_bytes)
+        reply = self._error(e, row)
+        self._finish(row, reply.status, t0)
         return reply
 
     def _error(self, e: RequestError, row: dict) -> Reply:
@@ -238,6 +249,9 @@ class Gateway:
             h["x-router-p-correct"] = json.dumps({k: round(v, 4) for k, v in row["p_correct"].items()})
         if row["decision_s"] is not None:
             h["x-router-decision-ms"] = f"{1e3 * row['decision_s']:.3f}"
+        if row.get("ood_score") is not None:
+            h["x-router-ood-score"] = f"{row['ood_score']:.4f}"
+            h["x-router-ood"] = "true" if row["ood"] else "false"
         if row["uplink_mbps"] is not None:
             h.update({"x-router-uplink-mbps": f"{row['uplink_mbps']:.4g}", "x-router-rtt-s": f"{row['rtt_s']:.4g}",
                       "x-router-network": row["network_source"]})
@@ -258,25 +272,43 @@ class Gateway:
         uplink, rtt, source = self.network(headers)
         row.update(uplink_mbps=uplink, rtt_s=rtt, network_source=source)
         source_kind, ref = image_source(inputs.image_url) if inputs.image_url else (None, None)
-        data = await self._fetch(ref) if source_kind == "remote" else None
+        data = await fetch_remote(self._remote, ref, self.cfg.images, limits) if source_kind == "remote" else None
 
         def prepare():
             img_bytes = decode_base64(ref, limits) if source_kind == "data" else data
-            image = open_image(img_bytes, limits) if img_bytes is not None else None
+            if img_bytes is None:
+                image = None
+            else:  # the header is checked here; decoded in full only for an in-process model
+                image = open_image(img_bytes, limits, load=any(self.upstreams[m].in_process for m in self.models))
             saved = self.log.save_image(image_id(img_bytes), img_bytes, image_ext(image)) \
                 if self.log is not None and image is not None else None
             t = time.perf_counter()
-            decision = self.router.route(image, inputs.question, uplink, rtt, inputs.payload_bytes) \
-                if routed and image is not None else None
+            decision = None
+            if routed and image is not None:
+                try:  # from the bytes: the runtime decodes a large JPEG at reduced scale
+                    decision = self.router.route(img_bytes, inputs.question, uplink, rtt, inputs.payload_bytes)
+                except features.QuestionError as e:  # a question the router's rule refuses
+                    raise RequestError(400, f"the router cannot read this question: {e}", "invalid_question",
+                                       "messages") from None
+                except (OSError, ValueError, Image.DecompressionBombError) as e:
+                    raise RequestError(400, f"image could not be decoded: {type(e).__name__}: {e}", "invalid_image",
+                                       "messages") from None
             return img_bytes, image, saved, decision, time.perf_counter() - t
 
-        img_bytes, image, saved, decision, decide_s = await loop.run_in_executor(self._pool, prepare)
+        if inputs.image_url is None or len(raw) <= INLINE_BYTES:  # a thread hop costs more than the work
+            img_bytes, image, saved, decision, decide_s = prepare()
+        else:
+            img_bytes, image, saved, decision, decide_s = await loop.run_in_executor(self._pool, prepare)
         if img_bytes is not None:
             row["image_id"] = image_id(img_bytes)
         if saved:
             row["image_file"] = saved
         if decision is not None:
             row.update(route="router", decision=decision.model, p_correct=decision.scores, decision_s=decide_s)
+            if getattr(decision, "ood_score", None) is not None:  # the router's out-of-distribution check
+                row.update(ood_score=decision.ood_score, ood=bool(decision.ood))
+            if getattr(decision, "warnings", None):
+                row["warnings"] = list(decision.warnings)
             first = decision.model
         elif routed:
             row.update(route="no-image", decision=self.no_image_model)
@@ -398,74 +430,11 @@ class Gateway:
                 continue
             self._answered(row, name, stream.seconds, math.nan, "")
             return Reply(200, {"x-router-request-id": row["request_id"], **self._route_headers(row)},
-                         stream=self._relay(stream, row, t0))
+                         stream=relay(stream, row, t0 + self.cfg.limits.request_timeout_s,
+                                      lambda: self._finish(row, 200, t0), self.upstreams[name].redact))
         raise self._all_failed(row, last)
 
-    async def _relay(self, stream: up.Stream, row: dict, t0: float) -> AsyncIterator[bytes]:
-        """Pass the upstream's events through as they come, reading the answer for the log; a stream cut
-        before ``[DONE]`` (or over the request's time limit) ends with an error event and ``[DONE]``."""
-        tap = up.StreamTap()
-        deadline = t0 + self.cfg.limits.request_timeout_s
-        error = ""
-        try:
-            async for chunk in stream.chunks():
-                tap.feed(chunk)
-                yield chunk
-                if time.perf_counter() > deadline:
-                    error = f"timeout: stream longer than {self.cfg.limits.request_timeout_s:g} s"
-                    break
-            if not error and not tap.done:
-                error = "connection: the upstream's stream ended before [DONE]"
-        except Exception as e:  # noqa: BLE001 - httpx read errors and timeouts mid-stream
-            error = self.upstreams[row["model"]].redact(f"connection: {type(e).__name__}: {e}")
-        except BaseException:  # the client went away (cancelled): log it, then let the cancellation go on
-            row["error"] = "client_disconnected"
-            raise
-        finally:
-            await stream.aclose()
-            conf = tap.confidence()
-            row.update(answer=tap.text, confidence=None if math.isnan(conf) else conf)
-            row["error"] = row["error"] or error or (f"upstream_error: {tap.error}" if tap.error else "")
-            self._finish(row, 200, t0)
-        if error:
-            event = {"error": {"message": f"{row['model']}: {error}", "type": "upstream_error", "param": None,
-                               "code": "stream_interrupted"}}
-            yield b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
-
-    # -- remote images and shadow calls -------------------------------------------------------------------
-
-    async def _fetch(self, url: str) -> bytes:
-        """An http(s) image's bytes under ``images``'s rules. Raises RequestError 400 / 413."""
-        import urllib.parse
-
-        ic = self.cfg.images
-        if not ic.allow_remote or self._remote is None:
-            raise RequestError(400, "remote image URLs are not accepted by this gateway (images.allow_remote); send "
-                                    "the image as a base64 data URL", "remote_image_refused", "messages")
-        host = urllib.parse.urlsplit(url).hostname or ""
-        if ic.remote_hosts and host not in ic.remote_hosts:
-            raise RequestError(400, f"image host {host!r} is not in images.remote_hosts", "remote_image_refused",
-                               "messages")
-        cap = min(ic.remote_max_bytes, self.cfg.limits.max_image_bytes)
-        import httpx
-
-        try:
-            async with self._remote.stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise RequestError(400, f"image URL answered HTTP {resp.status_code}", "image_fetch_failed", "messages")
-                if int(resp.headers.get("content-length") or 0) > cap:
-                    raise RequestError(413, f"image URL's {resp.headers['content-length']} bytes are over the limit "
-                                            f"of {cap}", "image_too_large", "messages")
-                buf = bytearray()
-                async for chunk in resp.aiter_bytes():
-                    buf += chunk
-                    if len(buf) > cap:
-                        raise RequestError(413, f"image URL's body is over the limit of {cap} bytes",
-                                           "image_too_large", "messages")
-                return bytes(buf)
-        except httpx.HTTPError as e:
-            raise RequestError(400, f"image URL could not be fetched: {type(e).__name__}", "image_fetch_failed",
-                               "messages") from None
+    # -- shadow calls ---------------------------------------------------------------------------------------
 
     def _maybe_shadow(self, inputs, image, row: dict) -> None:
         frac = self.cfg.decision_log.shadow_fraction

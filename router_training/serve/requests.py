@@ -19,9 +19,11 @@ import binascii
 import hashlib
 import io
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Mapping
 
 from PIL import Image
 
@@ -132,9 +134,10 @@ def decode_base64(data: str, limits: Limits) -> bytes:
     return out
 
 
-def open_image(data: bytes, limits: Limits) -> Image.Image:
-    """Decode image bytes with Pillow, refusing more than ``limits.max_image_pixels`` pixels from the
-    header alone (413) and anything Pillow cannot read (400). Returns a loaded image."""
+def open_image(data: bytes, limits: Limits, load: bool = True) -> Image.Image:
+    """Open image bytes with Pillow, refusing more than ``limits.max_image_pixels`` pixels from the
+    header alone (413) and anything Pillow cannot read (400). Returns the image, decoded when ``load``
+    (else only its header is read: it decodes on first use)."""
     try:
         im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
@@ -148,6 +151,8 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
                            "image_too_many_pixels", "messages")
     if w * h == 0:
         raise RequestError(400, f"image has no pixels (size {w} x {h})", "invalid_image", "messages")
+    if not load:
+        return im
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
@@ -158,6 +163,58 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         raise RequestError(400, f"image could not be decoded: {type(e).__name__}: {e}", "invalid_image",
                            "messages") from None
     return im
+
+
+def number_header(headers: Mapping, name: str, positive: bool) -> float | None:
+    """A request header's number (None when absent). Raises RequestError 400 unless it is finite and > 0
+    (``positive``) or >= 0."""
+    v = headers.get(name)
+    if v is None:
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and (x > 0 if positive else x >= 0)):
+        raise RequestError(400, f"header {name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}",
+                           "invalid_header")
+    return x
+
+
+async def fetch_remote(client, url: str, ic, limits: Limits) -> bytes:
+    """An http(s) image's bytes, fetched with ``client`` (an ``httpx.AsyncClient``; None when remote
+    images are off) under ``ic`` (``config.ImagesConfig``: allowed, hosts) and at most
+    min(``ic.remote_max_bytes``, ``limits.max_image_bytes``) bytes. Raises RequestError 400 (refused,
+    unreachable, not HTTP 200) or 413 (too large)."""
+    import urllib.parse
+
+    import httpx
+
+    if not ic.allow_remote or client is None:
+        raise RequestError(400, "remote image URLs are not accepted by this gateway (images.allow_remote); send "
+                                "the image as a base64 data URL", "remote_image_refused", "messages")
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if ic.remote_hosts and host not in ic.remote_hosts:
+        raise RequestError(400, f"image host {host!r} is not in images.remote_hosts", "remote_image_refused",
+                           "messages")
+    cap = min(ic.remote_max_bytes, limits.max_image_bytes)
+    try:
+        async with client.stream("GET", url) as resp:
+            if resp.status_code != 200:
+                raise RequestError(400, f"image URL answered HTTP {resp.status_code}", "image_fetch_failed", "messages")
+            if int(resp.headers.get("content-length") or 0) > cap:
+                raise RequestError(413, f"image URL's {resp.headers['content-length']} bytes are over the limit "
+                                        f"of {cap}", "image_too_large", "messages")
+            buf = bytearray()
+            async for chunk in resp.aiter_bytes():
+                buf += chunk
+                if len(buf) > cap:
+                    raise RequestError(413, f"image URL's body is over the limit of {cap} bytes",
+                                       "image_too_large", "messages")
+            return bytes(buf)
+    except httpx.HTTPError as e:
+        raise RequestError(400, f"image URL could not be fetched: {type(e).__name__}", "image_fetch_failed",
+                           "messages") from None
 
 
 def image_id(data: bytes) -> str:

@@ -19,7 +19,8 @@ needs_image        an in-process VQA backend got a request without image  no    
 =================  =====================================================  ===========  ==========
 
 Retries wait ``backoff_s * 2**k`` s, or the upstream's ``Retry-After`` when longer and at most
-``max_retry_after_s`` (a longer one ends the retries at once). The API key (``api_key_env``) is read at
+``max_retry_after_s`` (a longer one ends the retries at once). A kept-alive connection the upstream
+closed just as it was reused (nothing sent back) is sent once more at once, not counted as a retry. The API key (``api_key_env``) is read at
 each request, sent as ``Authorization: Bearer``, and redacted from every error detail.
 """
 
@@ -51,6 +52,13 @@ class UpstreamError(Exception):
         self.kind, self.detail, self.status = kind, detail, status
         self.retry, self.fallback, self.retry_after = retry, fallback, retry_after
         self.attempts = 1
+
+
+def _stale(e: Exception) -> bool:
+    """A kept-alive connection the upstream closed just as it was reused: nothing came back."""
+    import httpx
+
+    return isinstance(e, httpx.RemoteProtocolError) and "without sending a response" in str(e)
 
 
 def _snippet(data: bytes) -> str:
@@ -95,52 +103,6 @@ def check_completion(data: bytes) -> dict:
             or not isinstance(choices[0].get("message"), dict):
         raise UpstreamError("malformed", f"reply is not a chat completion: {_snippet(data)!r}")
     return reply
-
-
-class StreamTap:
-    """Reads the answer out of server-sent events as they pass through untouched: ``feed(bytes)`` any
-    split of the stream; afterwards ``text`` (the concatenated ``delta.content``), ``logprobs`` (the
-    tokens' entries), ``error`` (an ``error`` event's message, or "") and ``done`` (``[DONE]`` seen)."""
-
-    def __init__(self):
-        self._buf = b""
-        self.parts: list[str] = []
-        self.logprobs: list = []
-        self.error = ""
-        self.done = False
-
-    def feed(self, chunk: bytes) -> None:
-        self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-        for line in lines:
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self.done = True
-                continue
-            try:
-                event = json.loads(payload)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue
-            if isinstance(event, dict) and event.get("error"):
-                err = event["error"]
-                self.error = str(err.get("message", err) if isinstance(err, dict) else err)
-            for ch in (event.get("choices") or []) if isinstance(event, dict) else []:
-                delta = ch.get("delta") or {}
-                if isinstance(delta.get("content"), str):
-                    self.parts.append(delta["content"])
-                lp = (ch.get("logprobs") or {}).get("content") if isinstance(ch.get("logprobs"), dict) else None
-                if isinstance(lp, list):
-                    self.logprobs.extend(lp)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def confidence(self) -> float:
-        return confidence({"logprobs": {"content": self.logprobs}})
 
 
 class Stream:
@@ -250,7 +212,13 @@ class HTTPUpstream:
         attempt, attempts). Raises UpstreamError."""
         async def once():
             t0 = time.perf_counter()
-            resp = await self._client.post(self.url, content=body, headers=self._headers(False))
+            try:
+                resp = await self._client.post(self.url, content=body, headers=self._headers(False))
+            except Exception as e:  # noqa: BLE001 - a stale kept-alive connection: once more, not counted
+                if not _stale(e):
+                    raise
+                t0 = time.perf_counter()
+                resp = await self._client.post(self.url, content=body, headers=self._headers(False))
             seconds = time.perf_counter() - t0
             if not 200 <= resp.status_code < 300:
                 raise self._status_error(resp.status_code, resp.content, resp.headers.get("Retry-After"))
@@ -265,7 +233,13 @@ class HTTPUpstream:
         async def once():
             t0 = time.perf_counter()
             req = self._client.build_request("POST", self.url, content=body, headers=self._headers(True))
-            resp = await self._client.send(req, stream=True)
+            try:
+                resp = await self._client.send(req, stream=True)
+            except Exception as e:  # noqa: BLE001 - a stale kept-alive connection: once more, not counted
+                if not _stale(e):
+                    raise
+                t0 = time.perf_counter()
+                resp = await self._client.send(req, stream=True)
             seconds = time.perf_counter() - t0
             if not 200 <= resp.status_code < 300 or "text/event-stream" not in resp.headers.get("content-type", ""):
                 try:
