@@ -96,9 +96,10 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _confidence(choice: dict) -> float:
-    """exp(mean logprob) of the reply's tokens, or NaN (unknown) when the reply carries no usable logprobs."""
-    lp = choice.get("logprobs")
+def confidence(choice: dict) -> float:
+    """exp(mean token logprob) of a chat-completions choice's ``logprobs.content`` (a reply, or logprobs
+    gathered from a stream), in [0, 1]; NaN (unknown) when it carries no usable logprobs."""
+    lp = choice.get("logprobs") if isinstance(choice, dict) else None
     content = lp.get("content") if isinstance(lp, dict) else None
     if not isinstance(content, list) or not content:
         return math.nan
@@ -107,9 +108,7 @@ def _confidence(choice: dict) -> float:
     except (TypeError, KeyError, ValueError):
         return math.nan
     mean = sum(values) / len(values)
-    if math.isnan(mean):
-        return math.nan
-    return min(max(math.exp(mean), 0.0), 1.0)  # exp(-inf) == 0.0
+    return math.nan if math.isnan(mean) else min(max(math.exp(mean), 0.0), 1.0)  # exp(-inf) == 0.0
 
 
 def _content_text(content) -> str | None:
@@ -144,7 +143,7 @@ def parse_reply(data: bytes) -> tuple[str, float]:
             raise _Failure("empty_length", "finish_reason 'length' with no content (raise max_tokens)",
                            retry=False)
         raise _Failure("empty", f"no content (finish_reason {finish!r})", retry=False)
-    return text, _confidence(choice)
+    return text, confidence(choice)
 
 
 @register("openai")

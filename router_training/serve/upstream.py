@@ -35,6 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
+from ..openai_http import confidence  # noqa: F401 (one definition; gateway and streaming use it from here)
 from .config import Endpoint
 
 log = logging.getLogger(__name__)
@@ -64,21 +65,6 @@ def _stale(e: Exception) -> bool:
 def _snippet(data: bytes) -> str:
     text = data[:_DETAIL_CHARS * 4].decode("utf-8", errors="replace").strip().replace("\n", " ")
     return text[:_DETAIL_CHARS] + ("..." if len(text) > _DETAIL_CHARS else "")
-
-
-def confidence(choice: dict) -> float:
-    """exp(mean token logprob) of a choice's ``logprobs.content`` (a reply, or logprobs gathered from a
-    stream), or NaN when it carries none."""
-    lp = choice.get("logprobs") if isinstance(choice, dict) else None
-    content = lp.get("content") if isinstance(lp, dict) else None
-    if not isinstance(content, list) or not content:
-        return math.nan
-    try:
-        values = [float(t["logprob"]) for t in content]
-    except (TypeError, KeyError, ValueError):
-        return math.nan
-    mean = sum(values) / len(values)
-    return math.nan if math.isnan(mean) else min(max(math.exp(mean), 0.0), 1.0)
 
 
 def answer_text(message: dict) -> str:
