@@ -7,6 +7,7 @@ records: the answer, the model's own confidence, measured compute seconds and pa
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -54,13 +55,61 @@ def register(kind: str):
     return deco
 
 
-def build(kind: str, **kwargs) -> Backend:
-    """Construct a registered backend. Raises ValueError naming the known kinds."""
+def resolve(kind: str, model: str | None = None) -> Callable[..., Backend]:
+    """The backend class of ``kind``: a registered kind ("reference", "transformers", "openai") or a
+    class of your own given as "package.module:ClassName" (imported here). Raises ValueError naming
+    ``model``, the string and what failed: an unknown kind, a module that does not import, no such
+    attribute, or an attribute that is not a class."""
+    where = f"model {model!r}: backend {kind!r}" if model else f"backend {kind!r}"
+    if ":" in kind:
+        mod, _, attr = kind.partition(":")
+        if not mod or not attr:
+            raise ValueError(f"{where}: expected a registered kind or 'package.module:ClassName'")
+        try:
+            module = importlib.import_module(mod)
+        except ImportError as e:
+            raise ValueError(f"{where}: cannot import module {mod!r} ({type(e).__name__}: {e})") from None
+        cls = getattr(module, attr, None)
+        if cls is None:
+            raise ValueError(f"{where}: module {mod!r} has no attribute {attr!r}")
+        if not isinstance(cls, type):
+            raise ValueError(f"{where}: {mod}.{attr} is not a class (a {type(cls).__name__})")
+        return cls
     if kind not in BACKENDS and kind in _MODULES:
         importlib.import_module(f"{__package__}.{_MODULES[kind]}")  # registers the backend on first use
     if kind not in BACKENDS:
-        raise ValueError(f"unknown backend {kind!r}; known: {sorted(set(BACKENDS) | set(_MODULES) | {'replay'})}")
-    return BACKENDS[kind](**kwargs)
+        raise ValueError(f"{where}: unknown backend; known: {sorted(set(BACKENDS) | set(_MODULES) | {'replay'})} "
+                         "or a class of your own as 'package.module:ClassName'")
+    return BACKENDS[kind]
+
+
+def check_options(kind: str, options: dict, model: str) -> None:
+    """Check a model's backend ``options`` against its constructor's signature (``resolve(kind)``), the
+    ``name`` parameter being the model's name, supplied by the pipeline. Raises ValueError naming the
+    model and each unknown key with the allowed ones, or the required parameters ``options`` lacks. A
+    constructor taking ``**kwargs`` accepts any key."""
+    params = inspect.signature(resolve(kind, model)).parameters
+    where = f"model {model!r}: backend {kind!r}"
+    keyword = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    any_key = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    if "name" not in keyword and not any_key:
+        raise ValueError(f"{where}: its constructor takes no 'name' keyword (the model's name, given by the pipeline)")
+    if "name" in options:
+        raise ValueError(f"{where}: option 'name' is the model's name, set by the pipeline; remove it")
+    allowed = sorted(set(keyword) - {"name"})
+    unknown = sorted(set(options) - set(keyword))
+    if unknown and not any_key:
+        raise ValueError(f"{where}: unknown options {unknown}; allowed: {allowed}")
+    missing = [n for n, p in keyword.items() if p.default is p.empty and n != "name" and n not in options]
+    if missing:
+        raise ValueError(f"{where}: missing required options {missing}; allowed: {allowed}")
+
+
+def build(kind: str, **kwargs) -> Backend:
+    """Construct the backend ``resolve(kind)`` (a registered kind or "package.module:ClassName") with
+    ``kwargs``: ``name`` (the model's name) and the model's options. Raises ValueError when ``kind``
+    cannot be resolved (see ``resolve``)."""
+    return resolve(kind, kwargs.get("name"))(**kwargs)
 
 
 def payload_bytes(image: Image.Image, question: str, quality: int = 90) -> int:

@@ -212,7 +212,13 @@ class ModelConfig:
     backend ``replay`` options: ``path`` (JSONL, CSV or Parquet), ``columns`` (our name -> the file's,
     for sample_id, answer, score, correct, confidence, compute_s, payload_bytes), and for a long file
     holding every model's rows ``model_column`` (the column naming the model) with ``model_value``
-    (this model's value there; default the model's ``name``)."""
+    (this model's value there; default the model's ``name``).
+
+    backend ``reference`` options: those of ``reference.train_reference`` (``arch`` required). Any other
+    backend is a registered kind ("transformers", "openai") or a class of your own as
+    "package.module:ClassName" (``backends.resolve``), built as ``Class(name=<model name>, **options)``:
+    its options are checked here against the constructor's signature (unknown keys, missing required
+    ones; a ``**kwargs`` constructor takes any), so a typo fails at load, not at collection."""
 
     name: str
     tier: str
@@ -224,6 +230,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.tier not in TIERS:
             raise ValueError(f"model {self.name!r}: tier must be one of {TIERS}, got {self.tier!r}")
+        if not isinstance(self.backend, str) or not isinstance(self.options, dict):
+            raise ValueError(f"model {self.name!r}: backend must be a string and options a mapping, "
+                             f"got {self.backend!r} and {self.options!r}")
         c = self.compute_s
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0):
             raise ValueError(f"model {self.name!r}: compute_s must be a number of seconds >= 0, got {c!r}")
@@ -248,6 +257,10 @@ class ModelConfig:
             if unknown:
                 raise ValueError(f"model {self.name!r}: backend 'reference' takes options {sorted(allowed)} "
                                  f"('arch', a timm model name, is required to train); got unknown {sorted(unknown)}")
+        if self.backend not in ("replay", "reference"):  # options checked against the constructor's signature
+            from . import backends  # here, not at module level: importing config loads no backend libraries
+
+            backends.check_options(self.backend, self.options, self.name)
 
 
 @dataclass
@@ -267,6 +280,7 @@ class RouterConfig:
     label_smoothing: float = 0.0  # BCE targets s * (1 - eps) + eps / 2
     image_embedding: int = 16  # width of the CNN embedding of the thumbnail (fit.RouterNet); 0: no thumbnail
     patience: int = 10  # early stopping: epochs without a better val_loss before training stops; 0: off
+    members: int = 3  # deep ensemble: networks averaged (fit.RouterNet); 1: a single network
     seed: int = 0
 
     def __post_init__(self):
@@ -275,6 +289,9 @@ class RouterConfig:
             raise ValueError(f"router.patience must be an integer >= 0 (0: no early stopping), got {p!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"router.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        m = self.members
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"router.members must be an integer >= 1 (1: a single network), got {m!r}")
         e = self.image_embedding
         if isinstance(e, bool) or not isinstance(e, int) or e < 0:
             raise ValueError(f"router.image_embedding must be an integer >= 0 (0: no thumbnail CNN), got {e!r}")

@@ -49,8 +49,9 @@ def stage_reference(cfg: Config) -> None:
 
 
 def make_backend(cfg: Config, name: str):
-    """The backend of model ``name`` (``backends.build``); reference models load from ``reference_dir``.
-    Raises ValueError for a replay model (collected by ``outcomes.replay``) or an unknown backend."""
+    """The backend of model ``name`` (``backends.build``: a registered kind or "package.module:ClassName",
+    given ``name`` and the model's options); reference models load from ``reference_dir``. Raises
+    ValueError for a replay model (collected by ``outcomes.replay``) or a backend that cannot be resolved."""
     m = next(m for m in cfg.models if m.name == name)
     if m.backend == "replay":
         raise ValueError(f"model {name!r} replays outcomes from {m.options.get('path')}; it has no backend to run")

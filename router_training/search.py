@@ -139,17 +139,17 @@ def ignore_masked_inputs(module: fit.RouterModule, mask: np.ndarray) -> fit.Rout
     exported router does not run a CNN whose output nothing reads."""
     import torch
 
-    net = module.net
-    n = net.n_signals
+    n = module.net.n_signals
     with torch.no_grad():
-        first = net.mlp[0]
-        first.weight[:, :n][:, torch.from_numpy(~mask[:n])] = 0.0
-        if net.cnn is not None and not mask[n:].any():
-            emb = net.cnn(torch.zeros(1, 3, THUMBNAIL_SIDE, THUMBNAIL_SIDE))[0]
-            folded = torch.nn.Linear(n, first.out_features)
-            folded.weight.copy_(first.weight[:, :n])
-            folded.bias.copy_(first.bias + first.weight[:, n:] @ emb)
-            net.mlp[0], net.cnn = folded, None
+        for net in module.net.members:
+            first = net.mlp[0]
+            first.weight[:, :n][:, torch.from_numpy(~mask[:n])] = 0.0
+            if net.cnn is not None and not mask[n:].any():
+                emb = net.cnn(torch.zeros(1, 3, THUMBNAIL_SIDE, THUMBNAIL_SIDE))[0]
+                folded = torch.nn.Linear(n, first.out_features)
+                folded.weight.copy_(first.weight[:, :n])
+                folded.bias.copy_(first.bias + first.weight[:, n:] @ emb)
+                net.mlp[0], net.cnn = folded, None
     return module
 
 

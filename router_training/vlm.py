@@ -12,7 +12,6 @@ import logging
 import math
 import time
 
-import torch
 from PIL import Image
 
 from . import images as imagelib
@@ -62,6 +61,7 @@ class TransformersBackend:
     def __init__(self, name: str, model: str, max_new_tokens: int = 8, dtype: str = "float32",
                  device: str = "cpu", batch_size: int = 8, prompt: str = DEFAULT_PROMPT,
                  min_side: int | None = None):
+        import torch  # here, not at module level: config.load checks options without loading torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.name, self.model_id = name, str(model)
@@ -95,41 +95,45 @@ class TransformersBackend:
 
     def _sync(self):
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.synchronize(self.device)
 
-    @torch.inference_mode()
     def _generate(self, images: list[Image.Image], questions: list[str]) -> list[Answer]:
         """One ``generate`` call over already prepared images. Returns one Answer per pair; the batch's
         synchronised wall time (preprocessing + generation + decoding, s) is split evenly."""
-        self._sync()
-        t0 = time.perf_counter()
-        texts = [self.processor.apply_chat_template(self._messages(q), add_generation_prompt=True, tokenize=False)
-                 for q in questions]
-        inputs = self.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
-        inputs = inputs.to(self.device)
-        if self.model.dtype.is_floating_point and "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        out = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                  output_scores=True, output_logits=True, return_dict_in_generate=True,
-                                  pad_token_id=self.pad_id)
-        n_in = inputs["input_ids"].shape[1]
-        new = out.sequences[:, n_in:]                                     # (B, T) generated ids
-        # Raw logits give the model's own probabilities (scores are post-processing); fall back to scores.
-        steps = out.logits if getattr(out, "logits", None) else out.scores
-        logp = torch.stack(steps, 1).float().log_softmax(-1)             # (B, T, V)
-        tok_logp = logp.gather(-1, new[:, : logp.shape[1], None]).squeeze(-1)  # (B, T)
-        rows = []
-        for b in range(new.shape[0]):
-            ids = new[b].tolist()
-            n = next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), len(ids))  # up to and incl. EOS
-            lp = tok_logp[b, :n]
-            conf = math.exp(float(lp.mean())) if n else 0.0
-            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-            rows.append((text, min(1.0, max(0.0, conf)), int(inputs["attention_mask"][b].sum()), n))
-        self._sync()
-        per = (time.perf_counter() - t0) / len(questions)
-        return [Answer(text, conf, per, payload_bytes(im, q), input_tokens=n_in_b, output_tokens=n_out)
-                for (text, conf, n_in_b, n_out), im, q in zip(rows, images, questions)]
+        import torch
+
+        with torch.inference_mode():
+            self._sync()
+            t0 = time.perf_counter()
+            texts = [self.processor.apply_chat_template(self._messages(q), add_generation_prompt=True, tokenize=False)
+                     for q in questions]
+            inputs = self.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
+            inputs = inputs.to(self.device)
+            if self.model.dtype.is_floating_point and "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            out = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens,
+                                      output_scores=True, output_logits=True, return_dict_in_generate=True,
+                                      pad_token_id=self.pad_id)
+            n_in = inputs["input_ids"].shape[1]
+            new = out.sequences[:, n_in:]                                     # (B, T) generated ids
+            # Raw logits give the model's own probabilities (scores are post-processing); fall back to scores.
+            steps = out.logits if getattr(out, "logits", None) else out.scores
+            logp = torch.stack(steps, 1).float().log_softmax(-1)             # (B, T, V)
+            tok_logp = logp.gather(-1, new[:, : logp.shape[1], None]).squeeze(-1)  # (B, T)
+            rows = []
+            for b in range(new.shape[0]):
+                ids = new[b].tolist()
+                n = next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), len(ids))  # up to and incl. EOS
+                lp = tok_logp[b, :n]
+                conf = math.exp(float(lp.mean())) if n else 0.0
+                text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+                rows.append((text, min(1.0, max(0.0, conf)), int(inputs["attention_mask"][b].sum()), n))
+            self._sync()
+            per = (time.perf_counter() - t0) / len(questions)
+            return [Answer(text, conf, per, payload_bytes(im, q), input_tokens=n_in_b, output_tokens=n_out)
+                    for (text, conf, n_in_b, n_out), im, q in zip(rows, images, questions)]
 
     def answer(self, images: list[Image.Image], questions: list[str]) -> list[Answer]:
         """Answer equal-length lists of images and questions, ``batch_size`` pairs per ``generate`` call.

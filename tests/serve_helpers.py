@@ -40,10 +40,10 @@ def known_module():
     from router_training.config import RouterConfig
     from router_training.fit import RouterModule
 
-    rc = RouterConfig(hidden=[], image_embedding=0)
+    rc = RouterConfig(hidden=[], image_embedding=0, members=1)
     module = RouterModule(len(FEATURE_NAMES), 2, dict(rc.__dict__), [0.001, 0.06], [0.01, 0.2], 0.06, 0.2,
                           n_pixels=len(PIXEL_FEATURES)).eval()
-    (layer,) = [m for m in module.net.mlp if isinstance(m, torch.nn.Linear)]
+    (layer,) = [m for m in module.net.members[0].mlp if isinstance(m, torch.nn.Linear)]
     with torch.no_grad():
         layer.weight.zero_()
         layer.weight[0, IMAGE_FEATURES.index("brightness")] = 8.0

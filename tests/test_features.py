@@ -68,6 +68,18 @@ def test_thumbnail_is_exposure_normalised_and_row_major():
     assert not F.thumbnail(Image.new("RGB", (5, 3))).any()  # black stays 0, no division by zero
 
 
+def test_thumbnail_keeps_thin_lines_of_a_large_drawing():
+    """A 1024 px white drawing with one black line 2 px wide at x = 500..501 (a BlindTest-like figure):
+    the box-filtered thumbnail shows it as a faint stroke in column 500 * 32 / 1024 = 15 of every row
+    (2/32 of that column's pixels black: 1 - 1/16), and nowhere else. Nearest-neighbour sampling
+    (which the thumbnail used before) missed the line in every row."""
+    a = np.full((1024, 1024, 3), 255, np.uint8)
+    a[:, 500:502] = 0
+    t = F.thumbnail(Image.fromarray(a)).reshape(3, F.THUMBNAIL_SIDE, F.THUMBNAIL_SIDE)
+    np.testing.assert_allclose(t[:, :, 15], 1 - 1 / 16, atol=0.01)
+    np.testing.assert_allclose(np.delete(t, 15, axis=2), 1.0)
+
+
 # The two buckets of "circle" (halves of its 8-byte BLAKE2b digest mod 128), pinned: exported routers
 # depend on these buckets, so a change must be deliberate (a new feature version), not an accident.
 WORD_BUCKETS_CIRCLE = (61, 27)

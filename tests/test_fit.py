@@ -29,7 +29,8 @@ def synthetic(n, seed):
 
 
 def test_loss_is_bce_plus_expected_cost_of_soft_routing():
-    rc = RouterConfig(hidden=[8], lambda_latency=0.5, lambda_energy=0.25, cost_weight=2.0, temperature=0.5)
+    rc = RouterConfig(hidden=[8], lambda_latency=0.5, lambda_energy=0.25, cost_weight=2.0, temperature=0.5,
+                      members=1)
     m = RouterModule(3, 2, dict(rc.__dict__), [0.01, 0.1], [0.1, 0.3], ref_latency_s=0.1, ref_energy_j=0.3).eval()
     x = torch.randn(4, 3)
     score = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
@@ -43,6 +44,27 @@ def test_loss_is_bce_plus_expected_cost_of_soft_routing():
     pi = torch.softmax((torch.sigmoid(logits) - prior) / 0.5, dim=1)
     assert expected.item() == pytest.approx((pi * realised).sum(1).mean().item(), rel=1e-6)
     assert loss.item() == pytest.approx(bce.item() + 2.0 * expected.item(), rel=1e-6)
+
+
+def test_an_ensemble_averages_its_members_probabilities_and_trains_each_on_its_own_bce():
+    """members=3: P(correct) is the mean of the three members' sigmoids (the returned logits are that
+    mean's); the training BCE is the mean of each member's own BCE, the validation BCE the ensemble's;
+    the members start from different weights."""
+    rc = RouterConfig(hidden=[8], members=3, dropout=0.0)
+    m = RouterModule(3, 2, dict(rc.__dict__), [0.01, 0.1], [0.1, 0.3], ref_latency_s=0.1, ref_energy_j=0.3).eval()
+    x = torch.randn(5, 3)
+    z = torch.stack([member(x, None) for member in m.net.members])
+    assert z.shape == (3, 5, 2) and not torch.allclose(z[0], z[1])
+    torch.testing.assert_close(torch.sigmoid(m(x)), torch.sigmoid(z).mean(0), rtol=1e-5, atol=1e-6)
+    score = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    batch = (x, score, torch.tensor([[0.01, 0.1]] * 5), torch.tensor([[0.1, 0.3]] * 5))
+    own = np.mean([F.binary_cross_entropy_with_logits(z[k], score).item() for k in range(3)])
+    assert m.losses(batch)[0].item() == pytest.approx(own, rel=1e-5)
+    ens = F.binary_cross_entropy_with_logits(m(x), score).item()
+    assert m.losses(batch, ensemble=True)[0].item() == pytest.approx(ens, rel=1e-5)
+    assert ens != pytest.approx(own, rel=1e-3)
+    with pytest.raises(ValueError, match="router.members"):
+        RouterConfig(members=0)
 
 
 def test_fit_learns_when_the_edge_model_is_right(tmp_path):
@@ -85,14 +107,14 @@ def test_the_thumbnail_cnn_learns_what_only_the_pixels_show(tmp_path):
     train, val = blob_split(1500, 0), blob_split(400, 1)
     rc = RouterConfig(epochs=12, hidden=[16], batch_size=64)
     module, dm = fit(train, val, SPEC, rc, tmp_path, loggers=False, progress=False)
-    assert module.net.cnn is not None and module.net.n_signals == len(FEATURE_NAMES) - 32 * 32 * 3
+    assert module.net.members[0].cnn is not None and module.net.n_signals == len(FEATURE_NAMES) - 32 * 32 * 3
     p = predict(module, dm, val.x)[:, 0]
     red = val.score[:, 0] == 1
     assert p[red].mean() > 0.8 and p[~red].mean() < 0.2
     # without the thumbnail (image_embedding 0) the same data teaches nothing about the colour
     module, dm = fit(train, val, SPEC, RouterConfig(epochs=12, hidden=[16], batch_size=64, image_embedding=0),
                      tmp_path / "mlp", loggers=False, progress=False)
-    assert module.net.cnn is None
+    assert module.net.members[0].cnn is None
     p = predict(module, dm, val.x)[:, 0]
     assert abs(p[red].mean() - p[~red].mean()) < 0.15
 

@@ -372,7 +372,7 @@ def test_feature_groups_mask_what_the_exported_router_sees(byod, tmp_path):
     assert "Conv" not in ops  # the masked thumbnail's CNN is not exported
     ckpt = cfg.path("checkpoints") / "search" / "text-only" / "trial-0000" / "best.ckpt"
     trained = fit.RouterModule.load_from_checkpoint(ckpt, weights_only=False)
-    assert trained.net.cnn is None and trained.rc.image_embedding == 0  # nor trained: no CNN on constant zeros
+    assert all(m.cnn is None for m in trained.net.members) and trained.rc.image_embedding == 0  # nor trained: no CNN on constant zeros
 
 
 # ---------------------------------------------------------------------------------------------------
