@@ -31,17 +31,17 @@ def profile():
     """The Jetson Orin Nano + LTE deployment profile shipped in configs/profiles/."""
     import yaml
 
-    from router_training.profile import DeploymentProfile
+    from router_training.core.profile import DeploymentProfile
 
     return DeploymentProfile.from_dict(yaml.safe_load(PROFILE.read_text()))
 
 
 def synthetic_split(n: int, seed: int = 0, width: int | None = None):
-    """A ``fit.SplitArrays`` of ``n`` rows: x float32 (n, ``width``; default len(FEATURE_NAMES)), 3 models
+    """A ``core.splits.SplitArrays`` of ``n`` rows: x float32 (n, ``width``; default len(FEATURE_NAMES)), 3 models
     (MODELS). Scores are Bernoulli draws from a logistic model of the features (the cloud model most
     accurate); latency / energy come from the deployment profile with +-30% jitter on compute time."""
-    from router_training.features import FEATURE_NAMES
-    from router_training.fit import SplitArrays
+    from router_training.core.features import FEATURE_NAMES
+    from router_training.core.splits import SplitArrays
 
     rng = np.random.default_rng(seed)
     f, k = width or len(FEATURE_NAMES), len(MODELS)

@@ -181,7 +181,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from router_training import baselines, features
+    from router_training import baselines
+    from router_training.core import features
     from router_training.runtime import Router
 
     if args.threads:

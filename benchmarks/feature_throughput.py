@@ -1,4 +1,4 @@
-"""Throughput of the router's hand-crafted features (``router_training.features``), one call at a time
+"""Throughput of the router's hand-crafted features (``router_training.core.features``), one call at a time
 as on the device: ``image_parts`` (the image features and the CNN's 32 px thumbnail) on square RGB
 images of 64, 224 and 640 px, and
 ``question_features`` (hand-crafted text signals + hashed words) on short VQA questions.
@@ -40,7 +40,7 @@ def main() -> None:
     if args.quick:
         args.images, args.rounds, args.question_reps = 4, 2, 20
 
-    from router_training import features
+    from router_training.core import features
 
     base = min(args.sizes)
     rows = []

@@ -5,7 +5,7 @@ path, loggers and progress bar off, checkpointing on as always) for 2 epochs on 
 Two routers, each in its own table: the default router (``cnn``: all ``len(FEATURE_NAMES)`` columns, so
 the thumbnail CNN of ``fit.RouterNet`` runs on the last ``len(PIXEL_FEATURES)``) and the router without
 the thumbnail (``mlp``: the hand-crafted and word signals only, an MLP). The splits are
-``fit.SplitArrays`` with those widths and 3 models (2 edge, 1 cloud), latency and energy from the
+``core.splits.SplitArrays`` with those widths and 3 models (2 edge, 1 cloud), latency and energy from the
 shipped Jetson Orin + LTE profile (``_bench_common.synthetic_split``); router-val has ``--val-fraction``
 of the rows. The router is the default ``RouterConfig`` (MLP [64, 64], batch 256) with ``epochs=2``.
 A size whose float32 feature matrix would exceed ``--max-gb`` is skipped and says so (with the
@@ -62,7 +62,7 @@ def main() -> None:
     import torch
 
     from router_training.config import RouterConfig
-    from router_training.features import FEATURE_NAMES, PIXEL_FEATURES
+    from router_training.core.features import FEATURE_NAMES, PIXEL_FEATURES
     from router_training.fit import fit
 
     if args.threads:

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 from PIL import Image
 
-from .images import encode_jpeg
+from .core.images import encode_jpeg
 
 
 @dataclass

@@ -66,8 +66,8 @@ from torch import nn
 from . import metrics as M
 from . import policies
 from .config import RouterConfig
-from .features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, QUESTION_TYPES, TEXT_FEATURES
-from .fit import SplitArrays
+from .core.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, QUESTION_TYPES, TEXT_FEATURES
+from .core.splits import SplitArrays
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .profile import TIERS, DeploymentProfile
+from .core.profile import TIERS, DeploymentProfile
 
 
 def _build(cls, d: dict, where: str):

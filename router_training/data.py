@@ -35,7 +35,7 @@ from PIL import Image
 
 from . import degrade
 from .config import Config, DatasetConfig
-from .features import question_type
+from .core.features import question_type
 from .sources import (BAD_ROWS, BASE_COLUMNS, FOLDER_KEYS, load_folder, load_hf,  # noqa: F401 (re-exported)
                       normalize, settle_bad_rows)
 

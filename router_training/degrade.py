@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import images
+from .core import images
 
 KINDS = ("clean", "blur", "low_light", "downscale", "noise", "jpeg", "color_cast")
 

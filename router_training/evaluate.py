@@ -16,7 +16,8 @@ import pandas as pd
 
 from . import data, metrics, outcomes, policies, report
 from .config import Config
-from .fit import SplitArrays, split_arrays
+from .core.splits import SplitArrays
+from .fit import split_arrays
 from .runtime import Router, expected_costs
 
 BANDWIDTHS_MBPS = (1, 2, 5, 10, 20, 50, 100)

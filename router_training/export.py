@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ood
-from .features import FEATURE_NAMES, FEATURE_VERSION
+from .core import ood
+from .core.features import FEATURE_NAMES, FEATURE_VERSION
 from .fit import Probabilities, RouterModule
 from .runtime import MANIFEST, ONNX_FILE, Router
 

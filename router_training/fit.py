@@ -4,7 +4,6 @@ correct answer, trained in Lightning with a latency-energy-accuracy loss."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -14,39 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ood, outcomes
+from . import outcomes
 from .config import Config, RouterConfig
-from .features import FEATURE_NAMES, PIXEL_FEATURES, THUMBNAIL_SIDE
-from .profile import DeploymentProfile
+from .core import ood
+from .core.features import FEATURE_NAMES, PIXEL_FEATURES, THUMBNAIL_SIDE
+from .core.profile import DeploymentProfile
+from .core.splits import SplitArrays
 from .runtime import expected_costs
-
-
-@dataclass
-class SplitArrays:
-    """One router split as aligned arrays: ``x`` float32 (n, F) raw features in ``FEATURE_NAMES`` order;
-    ``score``, ``latency_s`` (s), ``energy_j`` (J), ``confidence`` float64 (n, K) per model in config
-    order; ``sample_ids`` (n,)."""
-
-    sample_ids: list
-    x: np.ndarray
-    score: np.ndarray
-    latency_s: np.ndarray
-    energy_j: np.ndarray
-    confidence: np.ndarray
-
-    def __len__(self):
-        return len(self.sample_ids)
-
-    def subset(self, idx: np.ndarray) -> "SplitArrays":
-        """The samples at integer positions ``idx``, in that order."""
-        return SplitArrays([self.sample_ids[i] for i in idx], self.x[idx], self.score[idx], self.latency_s[idx],
-                           self.energy_j[idx], self.confidence[idx])
-
-    def holdout(self, fraction: float = 0.2, seed: int = 0) -> tuple["SplitArrays", "SplitArrays"]:
-        """(rest, held-out): a seeded random ``fraction`` of the samples held out (at least one)."""
-        perm = np.random.default_rng(seed).permutation(len(self))
-        cut = max(1, int(len(self) * fraction))
-        return self.subset(perm[cut:]), self.subset(perm[:cut])
 
 
 def split_arrays(table: pd.DataFrame, feats: pd.DataFrame, models: list[str], split: str) -> SplitArrays:
@@ -308,8 +281,11 @@ def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_
     if use_wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")  # no per-run banner and summary in the CLI's output
-        logs.append(L.pytorch.loggers.WandbLogger(**{"project": "router-training", "save_dir": str(out_dir),
-                                                     "offline": True, **(wandb_options or {})}))
+        wb = L.pytorch.loggers.WandbLogger(**{"project": "router-training", "save_dir": str(out_dir),
+                                              "offline": True, **(wandb_options or {})})
+        # Lightning passes anonymous=None, which wandb >= 0.19 answers with a deprecation warning per run
+        getattr(wb, "_wandb_init", {}).pop("anonymous", None)
+        logs.append(wb)
     trainer = L.Trainer(max_epochs=rc.epochs, accelerator="cpu", logger=logs, log_every_n_steps=5,
                         callbacks=[ckpt, *stop, *(callbacks or [])], enable_model_summary=False,
                         enable_progress_bar=progress)

@@ -3,7 +3,7 @@ bootstrap confidence intervals and probability calibration (ECE, temperature sca
 
 numpy only (matplotlib is imported inside the plotting function), so it loads without torch. Every
 function works on plain arrays or on any object with ``score``, ``latency_s``, ``energy_j`` arrays
-(n, K) such as ``fit.SplitArrays``; assignments are (n, K) matrices as in ``policies`` (row i = the
+(n, K) such as ``core.splits.SplitArrays``; assignments are (n, K) matrices as in ``policies`` (row i = the
 probability of sending sample i to each model), so metrics are exact expectations under the policy.
 
 Sources

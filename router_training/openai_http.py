@@ -57,7 +57,7 @@ import httpx
 from PIL import Image
 
 from .backends import Answer, register
-from .images import encode_jpeg, prepare
+from .core.images import encode_jpeg, prepare
 
 log = logging.getLogger(__name__)
 

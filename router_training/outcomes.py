@@ -39,7 +39,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .backends import Answer, Backend
-from .profile import DeploymentProfile
+from .core.profile import DeploymentProfile
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _answer_batch(backend: Backend, images, questions, sample_ids) -> list[Answe
 
 
 def _grade(answer: str, answers: list[str], options: list[str], scorer: str, rel_tol: float) -> float:
-    from .scoring import score
+    from .core.scoring import score
 
     return score(answer, answers, scorer, options, rel_tol)
 

@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import backends, data, features, fit, outcomes, tune
+from . import backends, data, fit, outcomes, tune
 from .config import Config
+from .core import features
+from .core.splits import SplitArrays
 from .runtime import Router
 
 log = logging.getLogger(__name__)
@@ -150,13 +152,13 @@ def stage_features(cfg: Config) -> pd.DataFrame:
     return df
 
 
-def load_splits(cfg: Config) -> tuple[pd.DataFrame, dict[str, fit.SplitArrays]]:
+def load_splits(cfg: Config) -> tuple[pd.DataFrame, dict[str, SplitArrays]]:
     table = stage_collect(cfg)
     feats = stage_features(cfg)
     return table, {s: fit.split_arrays(table, feats, cfg.model_names, s) for s in SPLITS}
 
 
-def cloud_index(cfg: Config, split: fit.SplitArrays) -> int:
+def cloud_index(cfg: Config, split: SplitArrays) -> int:
     """The all-cloud reference: the most accurate cloud model on router-train."""
     clouds = [k for k, t in enumerate(cfg.tiers) if t == "cloud"]
     return max(clouds, key=lambda k: split.score[:, k].mean())

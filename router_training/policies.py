@@ -1,6 +1,6 @@
 """Routing policies behind one interface, and the metrics every report uses.
 
-A policy maps a router split (``fit.SplitArrays``) to an assignment matrix float64 (n, K): row i is the
+A policy maps a router split (``core.splits.SplitArrays``) to an assignment matrix float64 (n, K): row i is the
 probability of sending sample i to each model (one-hot for deterministic policies). Metrics are then
 expectations under that matrix, so random routing is scored exactly, without sampling noise.
 Policies register by name (``register`` / ``make``), as routers do in RouteLLM (Ong et al., 2024).
@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .fit import SplitArrays
+from .core.splits import SplitArrays
 from .metrics import core_metrics
 from .runtime import decide
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import features, images, ood
-from .profile import DeploymentProfile
+from .core import features, images, ood
+from .core.profile import DeploymentProfile
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "router.onnx"

@@ -54,8 +54,9 @@ from optuna.trial import TrialState
 
 from . import fit, pipeline, tune
 from .config import FEATURE_GROUPS, Config, RouterConfig, SearchConfig
-from .features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, THUMBNAIL_SIDE, WORD_FEATURES
-from .profile import DeploymentProfile
+from .core.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, THUMBNAIL_SIDE, WORD_FEATURES
+from .core.profile import DeploymentProfile
+from .core.splits import SplitArrays
 from .runtime import NEVER_THRESHOLD, decide, expected_costs
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def feature_mask(groups: str | None) -> np.ndarray:
     return np.array([name in cols for name in FEATURE_NAMES])
 
 
-def masked(split: fit.SplitArrays, mask: np.ndarray) -> fit.SplitArrays:
+def masked(split: SplitArrays, mask: np.ndarray) -> SplitArrays:
     """The split with the masked-out feature columns set to 0 (constant, so standardised to 0)."""
     return dataclasses.replace(split, x=np.where(mask, split.x, 0.0).astype(np.float32))
 
@@ -163,7 +164,7 @@ class Scorer:
     all-cloud accuracy (None: no floor); single mode sweeps ``grid`` thresholds (``thresholds``: quantiles
     of the predicted edge probabilities) plus all-cloud."""
 
-    def __init__(self, val: fit.SplitArrays, spec: dict, tiers: list[str], cloud: int, mode: str,
+    def __init__(self, val: SplitArrays, spec: dict, tiers: list[str], cloud: int, mode: str,
                  ratio: float | None, grid: int = 101):
         self.val, self.spec, self.tiers, self.cloud, self.mode = val, spec, tiers, cloud, mode
         self.cloud_accuracy = float(val.score[:, cloud].mean())
@@ -402,7 +403,7 @@ class Objective:
     router-val, record metrics, decision and checkpoint folder as user attributes, set the accuracy
     constraint, return the objective value(s)."""
 
-    def __init__(self, cfg: Config, train: fit.SplitArrays, val: fit.SplitArrays, spec: dict, cloud: int,
+    def __init__(self, cfg: Config, train: SplitArrays, val: SplitArrays, spec: dict, cloud: int,
                  study_name: str, n_trials: int):
         self.cfg, self.sc = cfg, cfg.search
         self.train, self.val, self.spec = train, val, spec

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .config import DATASET_COLUMNS, DatasetConfig
-from .features import check_question, question_type
+from .core.features import check_question, question_type
 
 log = logging.getLogger(__name__)
 

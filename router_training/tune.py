@@ -38,8 +38,8 @@ import optuna
 
 from . import policies
 from .config import GuaranteeConfig, TuneConfig
-from .fit import SplitArrays
-from .profile import DeploymentProfile
+from .core.profile import DeploymentProfile
+from .core.splits import SplitArrays
 from .runtime import NEVER_THRESHOLD, expected_costs
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import time
 
 from PIL import Image
 
-from . import images as imagelib
+from .core import images as imagelib
 from .backends import Answer, payload_bytes, register
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from router_training.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES
+from router_training.core.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES
 
 PROFILE = {"name": "test-lte", "edge_power_w": 10.0, "idle_power_w": 3.0, "radio_tx_power_w": 2.0,
            "uplink_mbps": 10.0, "downlink_mbps": 50.0, "rtt_s": 0.05}

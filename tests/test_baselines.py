@@ -11,8 +11,8 @@ import pytest
 from router_training import baselines as B
 from router_training import policies as P
 from router_training.config import RouterConfig
-from router_training.features import FEATURE_NAMES, PIXEL_FEATURES, QUESTION_TYPES
-from router_training.fit import SplitArrays
+from router_training.core.features import FEATURE_NAMES, PIXEL_FEATURES, QUESTION_TYPES
+from router_training.core.splits import SplitArrays
 
 QT = {t: FEATURE_NAMES.index("qtype_" + t.replace("/", "_")) for t in QUESTION_TYPES}
 FILLERS = [f"w{i}" for i in range(12)]

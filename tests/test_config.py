@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from router_training import config as C
-from router_training.profile import DeploymentProfile
+from router_training.core.profile import DeploymentProfile
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 from router_training import config as C
 from router_training import data, outcomes
 from router_training.config import DatasetConfig
-from router_training.features import question_type
-from router_training.scoring import vqa_score
+from router_training.core.features import question_type
+from router_training.core.scoring import vqa_score
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = {"sample_id": datasets.Value("string"), "image_id": datasets.Value("string"), "image": datasets.Image(),
@@ -486,7 +486,7 @@ def test_folders_built_before_on_bad_row_still_load(tmp_path):
 
 def test_the_data_stage_reads_questions_by_the_devices_rule(tmp_path):
     """Stored question text = features.check_question's, the text route() reads too."""
-    from router_training.features import check_question
+    from router_training.core.features import check_question
 
     images = tmp_path / "images"
     images.mkdir()

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from router_training import degrade as D
-from router_training import features as F
+from router_training.core import features as F
 
 
 def circle(size=64):

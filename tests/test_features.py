@@ -1,4 +1,4 @@
-"""Tests for router_training.features (numpy/Pillow-only feature extraction)."""
+"""Tests for router_training.core.features (numpy/Pillow-only feature extraction)."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from router_training import features as F
+from router_training.core import features as F
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -257,7 +257,8 @@ def test_runs_without_torch():
         import sys
         sys.modules['torch'] = None  # any `import torch` now raises ImportError
         from PIL import Image
-        from router_training import features as F, runtime  # runtime imports images, ood, profile
+        from router_training import runtime  # runtime imports core: images, ood, profile
+        from router_training.core import features as F
         x = F.extract(Image.new('RGB', (8, 8), (1, 2, 3)), 'How many dogs?')
         assert x.shape == (len(F.FEATURE_NAMES),)
         bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'scipy', 'cv2', 'pandas', 'datasets')
@@ -274,7 +275,7 @@ def test_exif_orientation_is_applied_before_features():
     """A 200x100 JPEG with EXIF orientation 6 (rotate 90) is 100x200 for the features, as for the models."""
     import io
 
-    from router_training.images import prepare
+    from router_training.core.images import prepare
 
     exif = Image.new("RGB", (1, 1)).getexif()
     exif[0x0112] = 6

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from router_training.config import RouterConfig
-from router_training.features import FEATURE_NAMES
-from router_training.fit import RouterModule, SplitArrays, fit, predict
+from router_training.core.features import FEATURE_NAMES
+from router_training.core.splits import SplitArrays
+from router_training.fit import RouterModule, fit, predict
 
 
 SPEC = {"models": [{"name": "e", "tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 0},
@@ -90,7 +91,7 @@ def test_fit_logs_to_csv_and_offline_wandb(tmp_path):
 def blob_split(n, seed):
     """Signals are noise; the thumbnail is black with one 6 x 6 px square at a random place, red or
     green; the edge model is correct iff it is red. Only the CNN sees the colour."""
-    from router_training.features import PIXEL_FEATURES, THUMBNAIL_SIDE as S
+    from router_training.core.features import PIXEL_FEATURES, THUMBNAIL_SIDE as S
 
     rng = np.random.default_rng(seed)
     s = synthetic(n, seed)

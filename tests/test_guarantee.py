@@ -11,9 +11,9 @@ import pytest
 from router_training import evaluate
 from router_training import guarantee as G
 from router_training.config import TuneConfig
-from router_training.features import FEATURE_NAMES, FEATURE_VERSION
-from router_training.fit import SplitArrays
-from router_training.profile import DeploymentProfile
+from router_training.core.features import FEATURE_NAMES, FEATURE_VERSION
+from router_training.core.splits import SplitArrays
+from router_training.core.profile import DeploymentProfile
 from router_training.runtime import NEVER_THRESHOLD, Router
 
 

@@ -1,4 +1,4 @@
-"""One image-preparation path (router_training.images) for features, models and degradations: every Pillow
+"""One image-preparation path (router_training.core.images) for features, models and degradations: every Pillow
 mode mapped deliberately (each against its 8-bit RGB equivalent), transparency on white, EXIF orientation,
 JPEG draft decoding, cost bounded by the decoded image, the pixel budget, thin images for processors
 with a minimum side and a maximum aspect ratio."""
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from router_training import degrade, features as F, images
+from router_training import degrade
+from router_training.core import features as F, images
 
 RNG = np.random.default_rng(0)
 GREY = RNG.integers(0, 256, (40, 48), dtype=np.uint8)  # (H, W) 8-bit grey

@@ -1,4 +1,4 @@
-"""Out-of-distribution awareness (router_training.ood) and the device's side of the shared rules: the
+"""Out-of-distribution awareness (router_training.core.ood) and the device's side of the shared rules: the
 floored standardisation, the clip inside the exported graph (ONNX parity holds), the per-decision score
 in Decision and the CLI, the policy for queries beyond the limit, the question rule and the pixel budget
 in ``route()``.
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from router_training import features as F, images, ood
 from router_training.config import RouterConfig
-from router_training.fit import SplitArrays, fit
+from router_training.core import features as F, images, ood
+from router_training.core.splits import SplitArrays
+from router_training.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {"models": [{"name": "edge", "tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 0},

@@ -10,8 +10,8 @@ from PIL import Image, ImageDraw
 
 from router_training import backends, outcomes
 from router_training.backends import Answer
-from router_training.profile import DeploymentProfile
-from router_training.scoring import vqa_score
+from router_training.core.profile import DeploymentProfile
+from router_training.core.scoring import vqa_score
 
 PROFILE = DeploymentProfile(name="t", edge_power_w=4.0, idle_power_w=1.0, radio_tx_power_w=2.0,
                             uplink_mbps=8.0, downlink_mbps=16.0, rtt_s=0.05, response_bytes=2000)

@@ -62,7 +62,7 @@ def test_export_parity_and_dynamic_batch(tiny_run):
     assert "Conv" in {n.op_type for n in graph.graph.node} | {n.op_type for f in graph.functions for n in f.node}
     assert all(m.cnn is not None for m in module.net.members)  # the default router embeds the thumbnail
     m = router.manifest
-    assert m["features"]["names"] == list(__import__("router_training.features").features.FEATURE_NAMES)
+    assert m["features"]["names"] == list(__import__("router_training.core.features").core.features.FEATURE_NAMES)
     assert [x["name"] for x in m["models"]] == cfg.model_names
     assert m["decision"]["thresholds"][-1] == 0.0  # the cloud model is always eligible
 

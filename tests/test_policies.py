@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from router_training import policies as P
-from router_training.fit import SplitArrays
+from router_training.core.splits import SplitArrays
 from router_training.runtime import NEVER_THRESHOLD, decide
 
 TIERS = ["edge", "edge", "cloud"]

@@ -1,4 +1,4 @@
-"""Tests for router_training.profile (DeploymentProfile: cost model, parsing, network overrides)."""
+"""Tests for router_training.core.profile (DeploymentProfile: cost model, parsing, network overrides)."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from router_training.profile import TIERS, DeploymentProfile
+from router_training.core.profile import TIERS, DeploymentProfile
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE_FILES = sorted((REPO / "configs" / "profiles").glob("*.yaml"))

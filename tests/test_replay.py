@@ -14,7 +14,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from router_training import backends, config, outcomes, pipeline
-from router_training.scoring import vqa_score
+from router_training.core.scoring import vqa_score
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("router-train", "router-val", "router-test")

@@ -17,8 +17,8 @@ import pytest
 from router_training import baselines as B
 from router_training import metrics as M
 from router_training import report as R
-from router_training.features import FEATURE_NAMES
-from router_training.fit import SplitArrays
+from router_training.core.features import FEATURE_NAMES
+from router_training.core.splits import SplitArrays
 
 TIERS = ["edge", "cloud"]
 

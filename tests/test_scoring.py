@@ -1,8 +1,9 @@
-"""Tests for router_training.scoring (VQA normalisation and accuracy; exact, mc and numeric scorers)."""
+"""Tests for router_training.core.scoring (VQA normalisation and accuracy; exact, mc and numeric scorers)."""
 
 import pytest
 
-from router_training.scoring import SCORERS, answer_group, normalize, normalize_exact, parse_number, score, vqa_score
+from router_training.core.scoring import (SCORERS, answer_group, normalize, normalize_exact, parse_number, score,
+                                          vqa_score)
 
 
 @pytest.mark.parametrize("raw,norm", [

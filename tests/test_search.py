@@ -31,7 +31,8 @@ from PIL import Image, ImageDraw
 
 from router_training import config, fit, search
 from router_training.config import RouterConfig, SearchConfig
-from router_training.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, WORD_FEATURES
+from router_training.core.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, WORD_FEATURES
+from router_training.core.splits import SplitArrays
 from router_training.runtime import Router
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,7 +192,7 @@ def test_search_config_errors():
 
 
 def test_label_smoothing_smooths_the_bce_targets():
-    rc = RouterConfig(hidden=[8], label_smoothing=0.2)
+    rc = RouterConfig(hidden=[8], label_smoothing=0.2, members=1)
     m = fit.RouterModule(3, 2, dict(rc.__dict__), [0.01, 0.1], [0.1, 0.3], ref_latency_s=0.1, ref_energy_j=0.3).eval()
     x, score = torch.randn(4, 3), torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     lat, en = torch.tensor([[0.01, 0.1]] * 4), torch.tensor([[0.1, 0.3]] * 4)
@@ -552,7 +553,7 @@ def test_scorer_sweep_matches_the_decision_rule_threshold_by_threshold():
     n = 400
     p_edge = rng.uniform(0.05, 0.25, n)  # a narrow band, as on real grades
     score = np.stack([rng.random(n) < p_edge * 3, rng.random(n) < 0.8], 1).astype(float)
-    val = fit.SplitArrays([f"s{i}" for i in range(n)], np.zeros((n, 3), np.float32), score,
+    val = SplitArrays([f"s{i}" for i in range(n)], np.zeros((n, 3), np.float32), score,
                           np.tile([0.2, 1.0], (n, 1)), np.tile([2.0, 1.0], (n, 1)), np.full((n, 2), np.nan))
     spec = {"models": [{"name": "e", "tier": "edge", "mean_compute_s": 0.2, "mean_payload_bytes": 0},
                        {"name": "c", "tier": "cloud", "mean_compute_s": 0.9, "mean_payload_bytes": 1000}],

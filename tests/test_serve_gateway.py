@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from chat_server import LOGPROBS, ChatServer, running
-from router_training.features import FEATURE_VERSION
+from router_training.core.features import FEATURE_VERSION
 from router_training.serve import decision_log
 from serve_helpers import (COLOURS, EDGE_ON_PROFILE, Served, cached_artifact, endpoints, gateway, messages, metric,
                            openai_client, solid)

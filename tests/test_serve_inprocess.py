@@ -17,7 +17,7 @@ from PIL import Image
 
 from router_training import data
 from router_training.config import DatasetConfig
-from router_training.images import encode_jpeg
+from router_training.core.images import encode_jpeg
 from router_training.outcomes import read_replay
 from router_training.runtime import Router
 from router_training.serve import RoutedClient, decision_log

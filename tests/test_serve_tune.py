@@ -12,10 +12,10 @@ import pytest
 
 from router_training.config import TuneConfig
 from router_training.evaluate import BANDWIDTHS_MBPS
-from router_training.features import FEATURE_NAMES, IMAGE_FEATURES
+from router_training.core.features import FEATURE_NAMES, IMAGE_FEATURES
 from router_training.outcomes import COLUMNS
 from router_training.policies import metrics
-from router_training.profile import DeploymentProfile
+from router_training.core.profile import DeploymentProfile
 from router_training.runtime import Router
 from router_training.tune import network_splits, tune, tune_grid
 from serve_helpers import PROFILE, export_known

@@ -258,7 +258,7 @@ def test_router_uses_the_request_payload_and_the_grid_thresholds(tmp_path_factor
 def test_a_profile_request_size_replaces_collected_payloads_but_not_a_requests_own(tmp_path_factory):
     import yaml
 
-    from router_training.profile import DeploymentProfile
+    from router_training.core.profile import DeploymentProfile
     from router_training.runtime import expected_costs
 
     camera = DeploymentProfile.from_dict(yaml.safe_load(open("configs/profiles/jetson_orin_lte_camera.yaml")))

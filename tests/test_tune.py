@@ -12,8 +12,8 @@ import pytest
 
 from router_training import policies, tune
 from router_training.config import GuaranteeConfig, TuneConfig
-from router_training.fit import SplitArrays
-from router_training.profile import DeploymentProfile
+from router_training.core.splits import SplitArrays
+from router_training.core.profile import DeploymentProfile
 from router_training.runtime import NEVER_THRESHOLD, decide, expected_costs
 
 TIERS = ["edge", "edge", "cloud"]

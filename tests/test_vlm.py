@@ -12,7 +12,8 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from router_training import backends, images  # noqa: E402
+from router_training import backends  # noqa: E402
+from router_training.core import images  # noqa: E402
 from router_training import vlm  # noqa: E402,F401  registers the "transformers" backend
 
 from tiny_vlms import BUILDERS  # noqa: E402

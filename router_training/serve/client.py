@@ -141,7 +141,7 @@ class RoutedClient:
     def ask(self, image, question: str, **params) -> RoutedCompletion:
         """Route one (image, question): ``image`` a PIL image (sent as a JPEG data URL) or image bytes."""
         if not isinstance(image, (bytes, bytearray)):
-            from ..images import encode_jpeg
+            from ..core.images import encode_jpeg
 
             image = encode_jpeg(image)
         url = "data:image/jpeg;base64," + base64.b64encode(bytes(image)).decode("ascii")

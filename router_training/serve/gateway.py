@@ -47,7 +47,7 @@ from typing import AsyncIterator, Mapping
 
 from PIL import Image
 
-from .. import features
+from ..core import features
 from . import upstream as up
 from .config import ServeConfig
 from .decision_log import SPLIT, DecisionLog
