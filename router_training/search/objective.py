@@ -1,0 +1,234 @@
+"""A trial on router-val: ``Scorer`` (decisions and their metrics, single mode's threshold sweep), the
+Lightning callbacks ``ValMetrics`` (per-epoch router-val metrics, what the pruner sees) and
+``TrialTimer``, and ``Objective`` (train one router with a trial's parameters and score it)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import optuna
+import torch
+
+from .. import fit, tune
+from ..config import Config, RouterConfig
+from ..core.features import PIXEL_FEATURES
+from ..core.profile import DeploymentProfile
+from ..core.splits import SplitArrays
+from ..runtime import NEVER_THRESHOLD, decide, expected_costs
+from .space import ALL_GROUPS, distributions, feature_mask, ignore_masked_inputs, masked, router_config, suggest
+
+OBJECTIVES = {"single": ["edge_share"], "multi": ["accuracy", "mean_latency_s", "mean_energy_j"]}
+METRIC_KEYS = ("accuracy", "pct_cloud_accuracy", "edge_share", "mean_latency_s", "mean_energy_j",
+               "latency_reduction", "energy_reduction")
+ALL_CLOUD_THRESHOLD = NEVER_THRESHOLD  # above any probability: no edge model is eligible
+
+
+class Scorer:
+    """Decisions and their metrics on router-val (``mode`` "single" or "multi"). ``floor`` = ``ratio`` x
+    all-cloud accuracy (None: no floor); single mode sweeps ``grid`` thresholds (``thresholds``: quantiles
+    of the predicted edge probabilities) plus all-cloud."""
+
+    def __init__(self, val: SplitArrays, spec: dict, tiers: list[str], cloud: int, mode: str,
+                 ratio: float | None, grid: int = 101):
+        self.val, self.spec, self.tiers, self.cloud, self.mode = val, spec, tiers, cloud, mode
+        self.cloud_accuracy = float(val.score[:, cloud].mean())
+        self.floor = None if ratio is None else float(ratio) * self.cloud_accuracy
+        self.n_grid = grid
+
+    def thresholds(self, probs: np.ndarray) -> list[float]:
+        """The sweep: ``grid`` quantiles of the edge models' predicted P(correct) on router-val (so a router
+        whose probabilities lie in a narrow band still gets a fine sweep there), 0 and all-cloud."""
+        edge = probs[:, [k for k, t in enumerate(self.tiers) if t == "edge"]].ravel()
+        qs = np.quantile(edge, np.linspace(0.0, 1.0, self.n_grid)) if edge.size else []
+        return sorted({0.0, *map(float, qs)}) + [ALL_CLOUD_THRESHOLD]
+
+    def decision(self, threshold: float, lambda_latency: float, lambda_energy: float) -> dict:
+        return {"thresholds": [float(threshold) if t == "edge" else 0.0 for t in self.tiers],
+                "lambda_latency": float(lambda_latency), "lambda_energy": float(lambda_energy)}
+
+    def metrics(self, probs: np.ndarray, decision: dict) -> dict:
+        return tune.evaluate(decision, probs, self.val, self.spec, self.tiers, self.cloud)
+
+    def feasible(self, m: dict) -> bool:
+        return self.floor is None or m["accuracy"] >= self.floor - 1e-12
+
+    def best(self, probs: np.ndarray, lambda_latency: float, lambda_energy: float) -> tuple[dict, dict]:
+        """Single mode's threshold sweep: the decision with the largest edge share among those meeting
+        the floor (ties: higher accuracy, then lower latency); the most accurate one when none does.
+        The sweep is ``runtime.decide``'s rule on whole arrays (it runs after every epoch of every trial);
+        the chosen decision's full metrics come from ``metrics``."""
+        lat, en = expected_costs(self.spec, DeploymentProfile.from_dict(self.spec["profile"]))
+        rows, edge = np.arange(len(probs)), np.array([t == "edge" for t in self.tiers])
+        cands = []
+        for t in self.thresholds(probs):
+            d = self.decision(t, lambda_latency, lambda_energy)
+            idx = decide(probs, lat, en, d["thresholds"], lambda_latency, lambda_energy, self.spec["ref_latency_s"],
+                         self.spec["ref_energy_j"])
+            acc = float(self.val.score[rows, idx].mean())
+            cands.append((d, acc, float(edge[idx].mean()), float(self.val.latency_s[rows, idx].mean())))
+        ok = [c for c in cands if self.feasible({"accuracy": c[1]})]
+        if ok:
+            d = max(ok, key=lambda c: (c[2], c[1], -c[3]))[0]
+        else:
+            d = max(cands, key=lambda c: (c[1], -c[3]))[0]
+        return d, self.metrics(probs, d)
+
+    def objective(self, m: dict) -> float:
+        """Single mode's intermediate objective: the edge share when the floor is met, else the (negative)
+        accuracy shortfall, so an infeasible router ranks below every feasible one."""
+        return m["edge_share"] if self.feasible(m) else m["accuracy"] - self.floor
+
+    def values(self, m: dict) -> list[float]:
+        return [m[k] for k in OBJECTIVES[self.mode]]
+
+
+class ValMetrics(L.Callback):
+    """After every validation epoch, log the trial's router-val metrics of the current weights:
+    ``val_accuracy``, ``val_edge_share``, ``val_mean_latency_s``, ``val_mean_energy_j`` and, in single
+    mode, ``val_objective`` (``Scorer.objective``: what the pruning callback reports).
+    ``decide(probs, router_config) -> (decision, metrics)``; ``val_x`` raw (masked) router-val features."""
+
+    def __init__(self, scorer: Scorer, val_x: np.ndarray, decide):
+        self.scorer, self.val_x, self.decide = scorer, val_x, decide
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        with torch.no_grad():
+            probs = torch.sigmoid(pl_module(torch.from_numpy(trainer.datamodule.standardise(self.val_x))))
+        _, m = self.decide(probs.cpu().numpy(), pl_module.rc)
+        logged = {f"val_{k}": m[k] for k in ("accuracy", "edge_share", "mean_latency_s", "mean_energy_j")}
+        if self.scorer.mode == "single":
+            logged["val_objective"] = self.scorer.objective(m)
+        for k, v in logged.items():
+            pl_module.log(k, float(v))
+
+
+class TrialTimer(L.Callback):
+    """Where a trial's time goes (s), for the search benchmark: ``setup`` (from the trial's start to the
+    first training batch: masking, standardisation, Trainer and DataLoaders), ``train`` (training epochs),
+    ``validate`` (validation epochs, with ``ValMetrics``' threshold sweep) and ``epochs`` run. Put it last
+    in the callback list so the validation time includes the other callbacks'."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.times = {"setup": 0.0, "train": 0.0, "validate": 0.0}
+        self.epochs, self._t = 0, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.times["setup"] = time.perf_counter() - self.start
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t, self._validated = time.perf_counter(), self.times["validate"]
+
+    def on_train_epoch_end(self, trainer, pl_module):  # Lightning validates inside the training epoch
+        self.times["train"] += time.perf_counter() - self._t - (self.times["validate"] - self._validated)
+        self.epochs += 1
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._v = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.times["validate"] += time.perf_counter() - self._v
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's per-fit banners and warnings, once per trial, drown the search's own log."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"lightning\..*")
+            warnings.filterwarnings("ignore", category=UserWarning, message=r".*(num_workers|log_every_n_steps|"
+                                    r"Checkpoint directory|does not have many workers).*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class Objective:
+    """One study's objective: train a router with the trial's parameters, choose its decision on
+    router-val, record metrics, decision and checkpoint folder as user attributes, set the accuracy
+    constraint, return the objective value(s)."""
+
+    def __init__(self, cfg: Config, train: SplitArrays, val: SplitArrays, spec: dict, cloud: int,
+                 study_name: str, n_trials: int):
+        self.cfg, self.sc = cfg, cfg.search
+        self.train, self.val, self.spec = train, val, spec
+        self.scorer = Scorer(val, spec, cfg.tiers, cloud, cfg.search.mode, cfg.search.min_cloud_accuracy_ratio,
+                             cfg.search.threshold_grid)
+        self.dists = distributions(cfg.search)
+        self.study_name, self.n_trials = study_name, n_trials
+        self.trial_root = cfg.path("checkpoints") / "search" / study_name
+        self.out_dir = cfg.path("runs") / "search" / study_name
+
+    def decide(self, probs: np.ndarray, rc: RouterConfig, params: dict) -> tuple[dict, dict]:
+        if "threshold" in params:
+            d = self.scorer.decision(params["threshold"], rc.lambda_latency, rc.lambda_energy)
+            return d, self.scorer.metrics(probs, d)
+        return self.scorer.best(probs, rc.lambda_latency, rc.lambda_energy)
+
+    def train_router(self, params: dict, out: Path, trial: optuna.Trial | None = None, loggers=False):
+        """Train the router of ``params`` into ``out``; with ``trial`` its per-epoch router-val metrics
+        are logged and (single mode, a pruner set) reported for pruning. Returns (module with masked
+        inputs ignored, data module, RouterConfig, feature mask)."""
+        rc = router_config(self.cfg.router, params)
+        mask = feature_mask(params.get("feature_groups"))
+        if not mask[-len(PIXEL_FEATURES):].any() and rc.image_embedding:
+            rc = dataclasses.replace(rc, image_embedding=0)  # no thumbnail: no CNN to train on constant zeros
+        train, val = masked(self.train, mask), masked(self.val, mask)
+        callbacks = []
+        if trial is not None:
+            callbacks.append(ValMetrics(self.scorer, val.x, lambda p, r: self.decide(p, r, params)))
+            if self.sc.mode == "single" and not isinstance(trial.study.pruner, optuna.pruners.NopPruner):
+                from optuna_integration import PyTorchLightningPruningCallback
+
+                callbacks.append(PyTorchLightningPruningCallback(trial, monitor="val_objective"))
+            callbacks.append(self.timer)
+        wandb = None
+        if loggers is True:
+            wandb = {"group": self.study_name, "name": f"{self.study_name}-trial-{trial.number}",
+                     "job_type": "search", "save_dir": str(self.out_dir),
+                     "config": {"study": self.study_name, "trial": trial.number, **params}}
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        with _quiet_lightning():
+            module, dm = fit.fit(train, val, self.spec, rc, out, loggers=loggers, callbacks=callbacks,
+                                 progress=False, wandb_options=wandb)
+        return ignore_masked_inputs(module, mask), dm, rc, mask
+
+    def __call__(self, trial: optuna.Trial):
+        params = {name: suggest(trial, name, d) for name, d in self.dists.items()}
+        out = self.trial_root / f"trial-{trial.number:04d}"
+        trial.set_user_attr("checkpoint_dir", str(out))
+        self.timer = TrialTimer()
+        try:
+            module, dm, rc, mask = self.train_router(params, out, trial, loggers=True if self.sc.wandb else "csv")
+        finally:  # a pruned trial's too
+            trial.set_user_attr("epochs", self.timer.epochs)
+            trial.set_user_attr("time_s", {k: round(v, 3) for k, v in self.timer.times.items()})
+        t0 = time.perf_counter()
+        probs = fit.predict(module, dm, masked(self.val, mask).x)
+        decision, m = self.decide(probs, rc, params)
+        spec = {**self.spec, "features": dm.stats,
+                "router": dict(rc.__dict__), "feature_groups": params.get("feature_groups", ALL_GROUPS)}
+        (out / "spec.json").write_text(json.dumps(spec, indent=2))
+        trial.set_user_attr("decision", decision)
+        for k in METRIC_KEYS:
+            trial.set_user_attr(k, m[k])
+        if self.scorer.floor is not None:
+            trial.set_constraint("accuracy_floor", self.scorer.floor - m["accuracy"])
+        trial.set_user_attr("time_s", {**trial.user_attrs["time_s"], "after": round(time.perf_counter() - t0, 3),
+                                       "total": round(time.perf_counter() - self.timer.start, 3)})
+        values = self.scorer.values(m)
+        return values[0] if len(values) == 1 else values
