@@ -217,8 +217,7 @@ class Gateway:
 
     def _error(self, e: RequestError, row: dict) -> Reply:
         row["error"] = row["error"] or f"{e.code}: {e.message}"
-        return Reply(e.status, {"x-router-request-id": row["request_id"], **self._route_headers(row)},
-                     json.dumps(e.body()).encode())
+        return Reply(e.status, self._route_headers(row), json.dumps(e.body()).encode())
 
     def _finish(self, row: dict, status: int, t0: float) -> None:
         row["status"] = status
@@ -242,9 +241,9 @@ class Gateway:
                 log.exception("decision log: could not write request %s", row["request_id"])
 
     def _route_headers(self, row: dict) -> dict:
-        h = {"x-router-route": row["route"] or "none", "x-router-model": row["model"], "x-router-tier": row["tier"],
-             "x-router-decision": row["decision"], "x-router-fallback": row["fallback"] or "none",
-             "x-router-payload-bytes": str(row["payload_bytes"])}
+        h = {"x-router-request-id": row["request_id"], "x-router-route": row["route"] or "none",
+             "x-router-model": row["model"], "x-router-tier": row["tier"], "x-router-decision": row["decision"],
+             "x-router-fallback": row["fallback"] or "none", "x-router-payload-bytes": str(row["payload_bytes"])}
         if row["p_correct"]:
             h["x-router-p-correct"] = json.dumps({k: round(v, 4) for k, v in row["p_correct"].items()})
         if row["decision_s"] is not None:
@@ -339,11 +338,26 @@ class Gateway:
             body["logprobs"] = True
         return json.dumps(body, ensure_ascii=False).encode()
 
-    def _failed(self, row: dict, name: str, e: up.UpstreamError) -> None:
-        row["attempts"].append({"model": name, "error": f"{e.kind}: {e.detail}"})
-        self.metrics.inc("router_upstream_failures_total", model=name, kind=e.kind)
-        if e.fallback and not row["fallback"] and row["route"] != "direct":
-            row["fallback"] = f"{self.tier[name]}-error"
+    async def _first(self, order: list[str], row: dict, call, escalating: bool = False):
+        """``(name, await call(name))`` for the first model of ``order`` that answers. An upstream failure
+        another model may answer (``UpstreamError.fallback``) goes on to the next; any other, or the last
+        model's, raises the request's error (``_all_failed``). ``escalating``: every failure goes on to the
+        next model, and None when none answers (the low-confidence answer stands)."""
+        last = None
+        for name in order:
+            try:
+                return name, await call(name)
+            except up.UpstreamError as e:
+                last = e
+                row["attempts"].append({"model": name, "error": f"{e.kind}: {e.detail}"})
+                self.metrics.inc("router_upstream_failures_total", model=name, kind=e.kind)
+                if e.fallback and not escalating and not row["fallback"] and row["route"] != "direct":
+                    row["fallback"] = f"{self.tier[name]}-error"
+                if not (e.fallback or escalating):
+                    break
+        if escalating:
+            return None
+        raise self._all_failed(row, last)
 
     def _all_failed(self, row: dict, last: up.UpstreamError | None) -> RequestError:
         if last is not None and not last.fallback:  # the client's request: pass the upstream's status on
@@ -360,79 +374,50 @@ class Gateway:
         if row["fallback"] and name == row["decision"]:
             row["fallback"] = ""
 
+    def _completed(self, row: dict, name: str, body: bytes, reply: dict, seconds: float) -> None:
+        """``name``'s non-streaming ``reply`` answers the request; a cloud call over HTTP feeds the network
+        estimator."""
+        choice = reply["choices"][0]
+        self._answered(row, name, seconds, up.confidence(choice), up.answer_text(choice.get("message")))
+        if not self.upstreams[name].in_process and self.tier[name] == "cloud":
+            self.estimator.add(len(body), seconds, self._fixed_s[name])
+            self._publish_network()
+
     async def _complete(self, inputs, image, order: list[str], row: dict, routed: bool) -> Reply:
         esc = self.cfg.routing.escalate_below
-        reply_data = last = None
-        for i, name in enumerate(order):
-            u = self.upstreams[name]
-            want_lp = bool(esc is not None and routed and self.tier[name] == "edge" and self.cfg.models[name].logprobs)
-            body = self._body(name, inputs, want_lp)
-            try:
-                data, reply, seconds, _ = await u.complete(body, inputs, image, want_lp)
-            except up.UpstreamError as e:
-                last = e
-                self._failed(row, name, e)
-                if not e.fallback:
-                    break
-                continue
-            choice = reply["choices"][0]
-            self._answered(row, name, seconds, up.confidence(choice), up.answer_text(choice.get("message")))
-            if not u.in_process and self.tier[name] == "cloud":
-                self.estimator.add(len(body), seconds, self._fixed_s[name])
-                self._publish_network()
-            if want_lp and not inputs.body.get("logprobs"):  # asked for escalation only: not the client's
-                for ch in reply["choices"]:
-                    ch.pop("logprobs", None)
-                data = json.dumps(reply).encode()
-            reply_data = data
-            conf = row["confidence"]
-            if want_lp and conf is not None and conf < esc:
-                clouds = [m for m in order[i + 1:] if self.tier[m] == "cloud"]
-                escalated = await self._escalate(inputs, image, clouds, row)
-                if escalated is not None:
-                    reply_data = escalated
-            break
-        if reply_data is None:
-            raise self._all_failed(row, last)
-        self._maybe_shadow(inputs, image, row)
-        return Reply(200, {"x-router-request-id": row["request_id"], **self._route_headers(row)}, reply_data)
 
-    async def _escalate(self, inputs, image, clouds: list[str], row: dict) -> bytes | None:
-        """The first cloud model of ``clouds`` that answers (fallback "low-confidence"), or None."""
-        for name in clouds:
-            body = self._body(name, inputs, False)
-            try:
-                data, reply, seconds, _ = await self.upstreams[name].complete(body, inputs, image, False)
-            except up.UpstreamError as e:
-                row["attempts"].append({"model": name, "error": f"{e.kind}: {e.detail}"})
-                self.metrics.inc("router_upstream_failures_total", model=name, kind=e.kind)
-                continue
-            row["attempts"].append({"model": row["model"], "error": f"low_confidence: {row['confidence']:.4f}"})
-            choice = reply["choices"][0]
-            self._answered(row, name, seconds, up.confidence(choice), up.answer_text(choice.get("message")))
-            row["fallback"] = "low-confidence"
-            if not self.upstreams[name].in_process:
-                self.estimator.add(len(body), seconds, self._fixed_s[name])
-                self._publish_network()
-            return data
-        return None
+        async def call(name):  # logprobs from an edge model when its confidence may escalate the request
+            lp = bool(esc is not None and routed and self.tier[name] == "edge" and self.cfg.models[name].logprobs)
+            body = self._body(name, inputs, lp)
+            return lp, body, await self.upstreams[name].complete(body, inputs, image, lp)
+
+        name, (want_lp, body, (reply_data, reply, seconds, _)) = await self._first(order, row, call)
+        self._completed(row, name, body, reply, seconds)
+        if want_lp and not inputs.body.get("logprobs"):  # asked for escalation only: not the client's
+            for ch in reply["choices"]:
+                ch.pop("logprobs", None)
+            reply_data = json.dumps(reply).encode()
+        conf = row["confidence"]
+        if want_lp and conf is not None and conf < esc:  # the first cloud model that answers replaces it
+            clouds = [m for m in order[order.index(name) + 1:] if self.tier[m] == "cloud"]
+            escalated = await self._first(clouds, row, call, escalating=True)
+            if escalated is not None:
+                row["attempts"].append({"model": name, "error": f"low_confidence: {conf:.4f}"})
+                name, (_, body, (reply_data, reply, seconds, _)) = escalated
+                self._completed(row, name, body, reply, seconds)
+                row["fallback"] = "low-confidence"
+        self._maybe_shadow(inputs, image, row)
+        return Reply(200, self._route_headers(row), reply_data)
 
     async def _stream(self, inputs, image, order: list[str], row: dict, t0: float) -> Reply:
-        last = None
-        for name in order:
-            try:
-                stream, _ = await self.upstreams[name].open_stream(self._body(name, inputs, False), inputs, image)
-            except up.UpstreamError as e:
-                last = e
-                self._failed(row, name, e)
-                if not e.fallback:
-                    break
-                continue
-            self._answered(row, name, stream.seconds, math.nan, "")
-            return Reply(200, {"x-router-request-id": row["request_id"], **self._route_headers(row)},
-                         stream=relay(stream, row, t0 + self.cfg.limits.request_timeout_s,
-                                      lambda: self._finish(row, 200, t0), self.upstreams[name].redact))
-        raise self._all_failed(row, last)
+        def call(name):
+            return self.upstreams[name].open_stream(self._body(name, inputs, False), inputs, image)
+
+        name, (stream, _) = await self._first(order, row, call)
+        self._answered(row, name, stream.seconds, math.nan, "")
+        done = t0 + self.cfg.limits.request_timeout_s
+        return Reply(200, self._route_headers(row),
+                     stream=relay(stream, row, done, lambda: self._finish(row, 200, t0), self.upstreams[name].redact))
 
     # -- shadow calls ---------------------------------------------------------------------------------------
 
