@@ -146,6 +146,18 @@ def parse_reply(data: bytes) -> tuple[str, float]:
     return text, confidence(choice)
 
 
+def check_base_url(base_url: str, where: str) -> None:
+    """Raise ValueError (prefixed ``where``) unless ``base_url`` is http(s)://host[:port]/path with no
+    credentials, query or fragment (an OpenAI-compatible server's base URL)."""
+    url = urllib.parse.urlsplit(base_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"{where}: base_url must be http(s)://host[:port]/path, got {base_url!r}")
+    if url.username or url.password:
+        raise ValueError(f"{where}: credentials in base_url are not supported; use api_key_env")
+    if url.query or url.fragment:
+        raise ValueError(f"{where}: base_url must not have a query or fragment")
+
+
 @register("openai")
 class OpenAIBackend:
     """A VLM behind an OpenAI-compatible ``/chat/completions`` endpoint; see the module docstring.
@@ -160,13 +172,7 @@ class OpenAIBackend:
                  max_retries: int = 3, backoff_s: float = 0.5, concurrency: int = 4, min_side: int = 28,
                  prompt: str = "Answer the question with a single word or short phrase.",
                  logprobs: bool = True, jpeg_quality: int = 90):
-        url = urllib.parse.urlsplit(base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"{name}: base_url must be http(s)://host[:port]/path, got {base_url!r}")
-        if url.username or url.password:
-            raise ValueError(f"{name}: credentials in base_url are not supported; use api_key_env")
-        if url.query or url.fragment:
-            raise ValueError(f"{name}: base_url must not have a query or fragment")
+        check_base_url(base_url, name)
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
             raise ValueError(f"{name}: need concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0")
         if api_key_env is not None and not os.environ.get(api_key_env):

@@ -74,6 +74,9 @@ def check_budget(size: tuple[int, int], max_pixels: int | None) -> None:
                             f"{max_pixels / 1e6:.1f} Mpx (max_pixels); send a smaller image or raise the budget")
 
 
+FULL_SIZE = 1 << 62  # a work_side no image reaches: ``load`` then keeps the full resolution
+
+
 def reduction(size: tuple[int, int], work_side: int = WORK_SIDE) -> int:
     """The largest power of two k such that the longer side / k is still >= ``work_side`` (1 for an image
     whose longer side is below 2 ``work_side``)."""
@@ -226,18 +229,7 @@ def load(source, max_pixels: int | None = None, work_side: int = WORK_SIDE) -> t
 def rgb(source, max_pixels: int | None = None) -> Image.Image:
     """``source`` (as for ``load``) at full resolution as 8-bit RGB, EXIF-oriented, modes mapped as the
     module docstring says; ``source`` itself when nothing needs changing. Raises as ``load``."""
-    im, opened = _open(source)
-    try:
-        check_budget(im.size, max_pixels)
-        im.load()
-        out = _orient(_rgb_reduced(im, 1), im.getexif().get(ORIENTATION, 1))
-    except BaseException:
-        if opened:
-            im.close()
-        raise
-    if opened and out is not im:
-        im.close()
-    return out
+    return load(source, max_pixels, work_side=FULL_SIZE)[0]
 
 
 def prepare(image, min_side: int = 0, max_aspect: float | None = None) -> Image.Image:

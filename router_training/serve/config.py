@@ -28,13 +28,13 @@ error naming its section.
 from __future__ import annotations
 
 import math
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ..config import _build, expand_env
+from ..openai_http import check_base_url
 
 
 def _number(where: str, v, low: float = 0.0, strict: bool = True, integer: bool = False) -> None:
@@ -78,13 +78,7 @@ class Endpoint:
             raise ValueError(f"{where}: give base_url (an OpenAI-compatible server) or backend (an in-process "
                              "backend such as reference), not both or neither")
         if self.base_url is not None:
-            url = urllib.parse.urlsplit(self.base_url)
-            if url.scheme not in ("http", "https") or not url.hostname:
-                raise ValueError(f"{where}: base_url must be http(s)://host[:port]/path, got {self.base_url!r}")
-            if url.username or url.password:
-                raise ValueError(f"{where}: credentials in base_url are not supported; use api_key_env")
-            if url.query or url.fragment:
-                raise ValueError(f"{where}: base_url must not have a query or fragment")
+            check_base_url(self.base_url, where)
             self.base_url = self.base_url.rstrip("/")
         elif self.options and not isinstance(self.options, dict):
             raise ValueError(f"{where}.options must be a mapping, got {self.options!r}")
