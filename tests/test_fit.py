@@ -37,7 +37,7 @@ def test_loss_is_bce_plus_expected_cost_of_soft_routing():
     score = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     lat = torch.tensor([[0.01, 0.1]] * 4)
     en = torch.tensor([[0.1, 0.3]] * 4)
-    bce, expected, loss = m.losses((x, score, lat, en))
+    bce, expected, loss, _ = m.losses((x, score, lat, en))
     logits = m(x)
     assert bce.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, score).item(), rel=1e-6)
     realised = -score + 0.5 * lat / 0.1 + 0.25 * en / 0.3

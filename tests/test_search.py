@@ -196,7 +196,7 @@ def test_label_smoothing_smooths_the_bce_targets():
     m = fit.RouterModule(3, 2, dict(rc.__dict__), [0.01, 0.1], [0.1, 0.3], ref_latency_s=0.1, ref_energy_j=0.3).eval()
     x, score = torch.randn(4, 3), torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     lat, en = torch.tensor([[0.01, 0.1]] * 4), torch.tensor([[0.1, 0.3]] * 4)
-    bce, expected, _ = m.losses((x, score, lat, en))
+    bce, expected, _, _ = m.losses((x, score, lat, en))
     target = score * 0.8 + 0.1
     assert bce.item() == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(m(x), target).item())
     m.rc.label_smoothing = 0.0
@@ -564,8 +564,15 @@ def test_scorer_sweep_matches_the_decision_rule_threshold_by_threshold():
     scorer = search.Scorer(val, spec, ["edge", "cloud"], 1, "single", 0.9, grid=51)
     ts = scorer.thresholds(probs)
     assert ts[0] == 0.0 and ts[-1] > 1 and len([t for t in ts if 0.05 <= t <= 0.25]) >= 45
-    d, m = scorer.best(probs, 1.0, 0.0)  # lambda_latency 1: an eligible edge model is cheaper than the cloud
+    d, m = scorer.best(probs, [(1.0, 0.0)])  # lambda_latency 1: an eligible edge model is cheaper than the cloud
     every = [(scorer.metrics(probs, scorer.decision(t, 1.0, 0.0)), t) for t in ts]
     ok = [(mm, t) for mm, t in every if mm["accuracy"] >= scorer.floor - 1e-12]
     want = max(ok, key=lambda c: (c[0]["edge_share"], c[0]["accuracy"], -c[0]["mean_latency_s"]))
     assert d["thresholds"][0] == want[1] and m == want[0] and 0 < m["edge_share"] < 1
+
+    # the default sweep also chooses the decision's lambdas: with none an edge model is chosen only where
+    # its P(correct) beats the cloud's (never here); the grid finds at least the latency weight's edge share
+    assert scorer.best(probs, [(0.0, 0.0)])[1]["edge_share"] == 0.0
+    d_all, m_all = scorer.best(probs)
+    assert m_all["edge_share"] >= m["edge_share"] and (d_all["lambda_latency"], d_all["lambda_energy"]) != (0, 0)
+    assert m_all["accuracy"] >= scorer.floor - 1e-12

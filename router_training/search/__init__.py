@@ -168,7 +168,7 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
 
 def val_objective_of(cfg: Config, module, spec: dict) -> dict:
     """Single mode's objective for an already trained router (e.g. ``pipeline.stage_fit``'s untuned
-    default): the threshold sweep on router-val with the config's lambdas. Returns the chosen decision's
+    default): the decision sweep on router-val (``Scorer.best``), as every trial is scored. Returns the chosen decision's
     metrics plus ``objective``."""
     table = pipeline.stage_collect(cfg)
     feats = pipeline.stage_features(cfg)
@@ -176,5 +176,5 @@ def val_objective_of(cfg: Config, module, spec: dict) -> dict:
     val = fit.split_arrays(table, feats, cfg.model_names, "router-val")
     scorer = Scorer(val, spec, cfg.tiers, pipeline.cloud_index(cfg, train), "single",
                     cfg.search.min_cloud_accuracy_ratio or 0.99, cfg.search.threshold_grid)
-    _, m = scorer.best(pipeline.predict(module, spec, val.x), cfg.router.lambda_latency, cfg.router.lambda_energy)
+    _, m = scorer.best(pipeline.predict(module, spec, val.x))
     return {**m, "objective": scorer.objective(m), "feasible": scorer.feasible(m)}

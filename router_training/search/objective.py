@@ -22,13 +22,16 @@ from ..config import Config, RouterConfig
 from ..core.features import PIXEL_FEATURES
 from ..core.profile import DeploymentProfile
 from ..core.splits import SplitArrays
-from ..runtime import NEVER_THRESHOLD, decide, expected_costs
+from ..runtime import NEVER_THRESHOLD, expected_costs
 from .space import ALL_GROUPS, distributions, feature_mask, ignore_masked_inputs, masked, router_config, suggest
 
 OBJECTIVES = {"single": ["edge_share"], "multi": ["accuracy", "mean_latency_s", "mean_energy_j"]}
 METRIC_KEYS = ("accuracy", "pct_cloud_accuracy", "edge_share", "mean_latency_s", "mean_energy_j",
                "latency_reduction", "energy_reduction")
 ALL_CLOUD_THRESHOLD = NEVER_THRESHOLD  # above any probability: no edge model is eligible
+# The decision lambdas single mode's sweep tries, each pair with every threshold: none, then latency
+# alone and energy alone from 0.25 to 2 (``router-train tune`` searches both in [0, 2], tune.py).
+LAMBDA_GRID = [(0.0, 0.0)] + [(v, 0.0) for v in (0.25, 0.5, 1.0, 2.0)] + [(0.0, v) for v in (0.25, 0.5, 1.0, 2.0)]
 
 
 class Scorer:
@@ -42,6 +45,8 @@ class Scorer:
         self.cloud_accuracy = float(val.score[:, cloud].mean())
         self.floor = None if ratio is None else float(ratio) * self.cloud_accuracy
         self.n_grid = grid
+        self.edge = np.array([t == "edge" for t in tiers])
+        self.lat, self.en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
 
     def thresholds(self, probs: np.ndarray) -> list[float]:
         """The sweep: ``grid`` quantiles of the edge models' predicted P(correct) on router-val (so a router
@@ -60,26 +65,43 @@ class Scorer:
     def feasible(self, m: dict) -> bool:
         return self.floor is None or m["accuracy"] >= self.floor - 1e-12
 
-    def best(self, probs: np.ndarray, lambda_latency: float, lambda_energy: float) -> tuple[dict, dict]:
-        """Single mode's threshold sweep: the decision with the largest edge share among those meeting
-        the floor (ties: higher accuracy, then lower latency); the most accurate one when none does.
-        The sweep is ``runtime.decide``'s rule on whole arrays (it runs after every epoch of every trial);
-        the chosen decision's full metrics come from ``metrics``."""
-        lat, en = expected_costs(self.spec, DeploymentProfile.from_dict(self.spec["profile"]))
-        rows, edge = np.arange(len(probs)), np.array([t == "edge" for t in self.tiers])
-        cands = []
-        for t in self.thresholds(probs):
-            d = self.decision(t, lambda_latency, lambda_energy)
-            idx = decide(probs, lat, en, d["thresholds"], lambda_latency, lambda_energy, self.spec["ref_latency_s"],
-                         self.spec["ref_energy_j"])
-            acc = float(self.val.score[rows, idx].mean())
-            cands.append((d, acc, float(edge[idx].mean()), float(self.val.latency_s[rows, idx].mean())))
-        ok = [c for c in cands if self.feasible({"accuracy": c[1]})]
-        if ok:
-            d = max(ok, key=lambda c: (c[2], c[1], -c[3]))[0]
-        else:
-            d = max(cands, key=lambda c: (c[1], -c[3]))[0]
-        return d, self.metrics(probs, d)
+    def best(self, probs: np.ndarray, lambdas: list[tuple[float, float]] | None = None) -> tuple[dict, dict]:
+        """Single mode's decision sweep: every threshold of ``thresholds`` with every (lambda_latency,
+        lambda_energy) pair of ``lambdas`` (default ``LAMBDA_GRID``); the decision with the largest edge
+        share among those meeting the floor (ties: higher accuracy, then lower latency, then the earlier
+        pair); the most accurate one when none does. The lambdas are the decision's, chosen here as
+        ``router-train tune`` chooses them, not the trial's training-loss weights: when an edge model costs
+        more energy than the cloud (BlindTest's configured costs), a trial's ``lambda_energy`` would
+        otherwise keep every query off the edge whatever the network learned. The sweep is
+        ``runtime.decide``'s rule on whole arrays, thresholds at once (it runs after every epoch of every
+        trial); the chosen decision's full metrics come from ``metrics``."""
+        probs = np.asarray(probs, dtype=np.float64)
+        ts = self.thresholds(probs)
+        eligible = {k: probs[None, :, k] >= np.asarray(ts)[:, None] for k in np.flatnonzero(self.edge)}  # (T, n)
+        best, best_key = None, None
+        for ll, le in (LAMBDA_GRID if lambdas is None else lambdas):
+            cost = -probs + ll * self.lat / self.spec["ref_latency_s"] + le * self.en / self.spec["ref_energy_j"]
+            low = np.full((len(ts), len(probs)), np.inf)  # decide's argmin over eligible models, model by model:
+            idx = np.zeros(low.shape, np.int8)           # a strict < keeps the first of equal costs, as argmin
+            for k in range(probs.shape[1]):
+                take = cost[None, :, k] < low
+                if k in eligible:
+                    take &= eligible[k]
+                low, idx = np.where(take, cost[None, :, k], low), np.where(take, np.int8(k), idx)
+            acc, share, latency = np.zeros(len(ts)), np.zeros(len(ts)), np.zeros(len(ts))
+            for k in range(probs.shape[1]):
+                chosen = (idx == k).astype(np.float64)  # (T, n)
+                acc += chosen @ self.val.score[:, k]
+                latency += chosen @ self.val.latency_s[:, k]
+                if self.edge[k]:
+                    share += chosen.sum(1)
+            acc, share, latency = acc / len(probs), share / len(probs), latency / len(probs)
+            ok = acc >= self.floor - 1e-12 if self.floor is not None else np.ones(len(ts), bool)
+            for j in (np.flatnonzero(ok) if ok.any() else range(len(ts))):
+                key = (bool(ok.any()), share[j], acc[j], -latency[j]) if ok.any() else (False, acc[j], -latency[j])
+                if best_key is None or key > best_key:
+                    best, best_key = self.decision(ts[j], ll, le), key
+        return best, self.metrics(probs, best)
 
     def objective(self, m: dict) -> float:
         """Single mode's intermediate objective: the edge share when the floor is met, else the (negative)
@@ -94,17 +116,16 @@ class ValMetrics(L.Callback):
     """After every validation epoch, log the trial's router-val metrics of the current weights:
     ``val_accuracy``, ``val_edge_share``, ``val_mean_latency_s``, ``val_mean_energy_j`` and, in single
     mode, ``val_objective`` (``Scorer.objective``: what the pruning callback reports).
-    ``decide(probs, router_config) -> (decision, metrics)``; ``val_x`` raw (masked) router-val features."""
+    ``decide(probs, router_config) -> (decision, metrics)``. The probabilities are those the validation
+    epoch computed (``RouterModule.val_probs``), not a second pass over router-val."""
 
-    def __init__(self, scorer: Scorer, val_x: np.ndarray, decide):
-        self.scorer, self.val_x, self.decide = scorer, val_x, decide
+    def __init__(self, scorer: Scorer, decide):
+        self.scorer, self.decide = scorer, decide
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        with torch.no_grad():
-            probs = torch.sigmoid(pl_module(torch.from_numpy(trainer.datamodule.standardise(self.val_x))))
-        _, m = self.decide(probs.cpu().numpy(), pl_module.rc)
+        _, m = self.decide(torch.cat(pl_module.val_probs).cpu().numpy(), pl_module.rc)
         logged = {f"val_{k}": m[k] for k in ("accuracy", "edge_share", "mean_latency_s", "mean_energy_j")}
         if self.scorer.mode == "single":
             logged["val_objective"] = self.scorer.objective(m)
@@ -177,20 +198,22 @@ class Objective:
         if "threshold" in params:
             d = self.scorer.decision(params["threshold"], rc.lambda_latency, rc.lambda_energy)
             return d, self.scorer.metrics(probs, d)
-        return self.scorer.best(probs, rc.lambda_latency, rc.lambda_energy)
+        return self.scorer.best(probs)
 
     def train_router(self, params: dict, out: Path, trial: optuna.Trial | None = None, loggers=False):
         """Train the router of ``params`` into ``out``; with ``trial`` its per-epoch router-val metrics
         are logged and (single mode, a pruner set) reported for pruning. Returns (module with masked
         inputs ignored, data module, RouterConfig, feature mask)."""
         rc = router_config(self.cfg.router, params)
+        if "members" not in params:  # a trial trains search.members networks, not router.members
+            rc = dataclasses.replace(rc, members=self.sc.members)
         mask = feature_mask(params.get("feature_groups"))
         if not mask[-len(PIXEL_FEATURES):].any() and rc.image_embedding:
             rc = dataclasses.replace(rc, image_embedding=0)  # no thumbnail: no CNN to train on constant zeros
         train, val = masked(self.train, mask), masked(self.val, mask)
         callbacks = []
         if trial is not None:
-            callbacks.append(ValMetrics(self.scorer, val.x, lambda p, r: self.decide(p, r, params)))
+            callbacks.append(ValMetrics(self.scorer, lambda p, r: self.decide(p, r, params)))
             if self.sc.mode == "single" and not isinstance(trial.study.pruner, optuna.pruners.NopPruner):
                 from optuna_integration import PyTorchLightningPruningCallback
 
