@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-export", action="store_true", help="only run trials and write the plots and tables")
     s.add_argument("--worker-index", type=int, help="sampler seed = search.seed + this (default: a random seed, "
                                                     "so identical workers explore differently)")
-    s.add_argument("--threads", type=int, help="torch CPU threads of this worker (e.g. cores / workers)")
+    s.add_argument("--threads", type=int, help="torch CPU threads of each worker (default: cores / search.workers)")
     r = sub.add_parser("route", help="route one query with an exported router (no torch needed)")
     r.add_argument("--artifact", required=True, help="export folder with manifest.json and router.onnx")
     r.add_argument("--image", required=True)
@@ -207,7 +207,8 @@ def _run(args) -> int:
             torch.set_num_threads(args.threads)
         try:
             summary = search.stage_search(cfg, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
-                                          pick=args.pick, export=not args.no_export, worker_index=args.worker_index)
+                                          pick=args.pick, export=not args.no_export, worker_index=args.worker_index,
+                                          threads=args.threads)
         except search.SearchError as e:
             print(f"router-train: {e}", file=sys.stderr)
             return 2

@@ -135,17 +135,6 @@ class RouterNet(nn.Module):
         return self.combine(self.member_logits(x))
 
 
-class Probabilities(nn.Module):
-    """RouterNet with a sigmoid: what is exported to ONNX (P(correct) float32 (n, K))."""
-
-    def __init__(self, net: RouterNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return torch.sigmoid(self.net(x))
-
-
 class RouterModule(L.LightningModule):
     """Latency-energy-accuracy training of the complexity predictor.
 

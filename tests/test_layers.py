@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_STACK = ("torch", "torchvision", "lightning", "pandas", "pyarrow", "datasets", "transformers", "timm",
-                  "optuna")
+                  "optuna", "scipy", "cv2")
 
 
 def import_blocked(blocked: tuple[str, ...], body: str) -> list[str]:
@@ -47,6 +47,9 @@ def test_core_and_runtime_import_without_the_training_stack():
         above = sorted(m for m in sys.modules if m.startswith('router_training.')
                        and not m.startswith('router_training.core') and m != 'router_training.runtime')
         assert not above, f'core or the runtime imports a module above core: {above}'
+        from PIL import Image  # and the device path runs: features of an image and a question
+        from router_training.core import features as F
+        assert F.extract(Image.new('RGB', (8, 8), (1, 2, 3)), 'How many dogs?').shape == (len(F.FEATURE_NAMES),)
     """)
     assert {f"router_training.core.{m}" for m in ("features", "images", "ood", "profile", "scoring", "splits")} \
         <= set(names)

@@ -58,7 +58,7 @@ def run_config(root: Path, **search_over) -> dict:
         "profile": str(REPO / "configs" / "profiles" / "jetson_orin_lte.yaml"),
         "router": {"epochs": 3, "batch_size": 32, "hidden": [16]},
         "search": {"n_trials": 4, "space": SPACE, "threshold_grid": 21, "heartbeat_interval": 1,
-                   "grace_period": 2, "wandb": False, **search_over},
+                   "grace_period": 2, "wandb": False, "workers": 1, **search_over},
     }
 
 
@@ -187,6 +187,11 @@ def test_search_config_errors():
         SearchConfig(pruner="sometimes")
     with pytest.raises(ValueError, match="grace_period must exceed"):
         SearchConfig(heartbeat_interval=5, grace_period=5)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="search.members must be an integer >= 1"):
+            SearchConfig(members=bad)
+    with pytest.raises(ValueError, match="members must be >= 1"):
+        SearchConfig(space={"members": {"int": [0, 3]}})
     with pytest.raises(ValueError, match="label_smoothing"):
         RouterConfig(label_smoothing=1.0)
 
@@ -374,6 +379,8 @@ def test_feature_groups_mask_what_the_exported_router_sees(byod, tmp_path):
     ckpt = cfg.path("checkpoints") / "search" / "text-only" / "trial-0000" / "best.ckpt"
     trained = fit.RouterModule.load_from_checkpoint(ckpt, weights_only=False)
     assert all(m.cnn is None for m in trained.net.members) and trained.rc.image_embedding == 0  # nor trained: no CNN on constant zeros
+    # a trial trains search.members networks (default 1), not the router section's ensemble
+    assert cfg.router.members == 3 and len(trained.net.members) == cfg.search.members == 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -524,6 +531,21 @@ def _check_shared_study(outs, study: optuna.Study, n_trials: int):
     assert sorted(mine[0] + mine[1]) == finished and not set(mine[0]) & set(mine[1])
     assert all(mine), f"a worker ran no trial: {mine}"
     assert len(finished) == len(study.trials)  # no FAIL (nor any other) trial left over
+
+
+def test_search_workers_run_in_child_processes_on_one_study(byod, tmp_path):
+    """search.workers 2: the command starts one more worker process; both run trials of the study, the
+    parent writes the outputs once both are done, and no trial is left failed."""
+    cfg = load(byod, workers=2)
+    cfg.router = dataclasses.replace(cfg.router, epochs=30)  # trials of seconds: the child starts in time
+    out = search.stage_search(cfg, storage=sqlite_url(tmp_path), study_name="spawned", n_trials=8, export=False)
+    study = optuna.load_study(study_name="spawned", storage=sqlite_url(tmp_path))
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert out["workers"] == 2 and len(finished) == len(study.trials) in (8, 9)
+    pids = {t.user_attrs["worker_pid"] for t in finished}
+    assert len(pids) == 2 and os.getpid() in pids
+    assert set(out["worker_trials"]) < {t.number for t in finished}  # the parent ran some, the child the rest
+    assert (cfg.path("runs") / "search" / "spawned" / "summary.json").is_file()
 
 
 def test_two_workers_share_a_sqlite_study(byod, tmp_path):

@@ -41,8 +41,10 @@ the stage (``stage_search``, ``chosen_router``, ``val_objective_of``) and re-exp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -96,9 +98,57 @@ def chosen_router(cfg: Config, objective: Objective, trial: optuna.trial.FrozenT
                       "search": record}}
 
 
+def _child_worker(cfg: Config, storage: str, study_name: str, n_trials: int, worker_index: int | None,
+                  threads: int) -> None:
+    """A worker process ``stage_search`` starts (``search.workers``): trials only, on ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    cfg.search = dataclasses.replace(cfg.search, workers=1)
+    stage_search(cfg, storage=storage, study_name=study_name, n_trials=n_trials, export=False, outputs=False,
+                 worker_index=worker_index)
+
+
+def _start_workers(cfg: Config, url: str, name: str, n_trials: int, n_workers: int, worker_index: int | None,
+                   threads: int | None) -> tuple[list, int | None]:
+    """Start ``n_workers - 1`` worker processes (spawned: a fresh interpreter, no forked torch thread
+    pools) and set this process's torch threads as theirs. Returns (processes, threads to restore)."""
+    if n_workers <= 1:
+        return [], None
+    import multiprocessing
+
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per = threads or max(1, cpus // n_workers)
+    ctx = multiprocessing.get_context("spawn")
+    children = [ctx.Process(target=_child_worker, daemon=True, name=f"search-worker-{i}",
+                            args=(cfg, url, name, n_trials,
+                                  None if worker_index is None else worker_index * n_workers + i, per))
+                for i in range(1, n_workers)]
+    for c in children:
+        c.start()
+    restore = torch.get_num_threads()
+    torch.set_num_threads(per)
+    log.info("%d workers on this machine, %d torch thread(s) each", n_workers, per)
+    return children, restore
+
+
+def _join_workers(children: list, restore: int | None) -> None:
+    for c in children:
+        c.join()
+        if c.exitcode:
+            log.warning("search worker %s exited with code %s (its trials are in the study)", c.name, c.exitcode)
+    if restore is not None:
+        import torch
+
+        torch.set_num_threads(restore)
+
+
 def stage_search(cfg: Config, storage: str | None = None, study_name: str | None = None,
                  n_trials: int | None = None, pick: int | None = None, export: bool = True,
-                 outputs: bool = True, worker_index: int | None = 0) -> dict:
+                 outputs: bool = True, worker_index: int | None = 0, threads: int | None = None) -> dict:
     """Run this process's share of the study, then (once the study is done) write the outputs and export
     the chosen trial's router to export/<run>/ (``pipeline.stage_export``; the manifest's ``search``
     records study, trial and parameters).
@@ -106,8 +156,11 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
     ``storage``: SQLAlchemy URL (default ``sqlite:///data/<run>/optuna.db``); ``study_name`` (default
     ``default_study_name``); ``n_trials`` overrides ``search.n_trials``; ``pick`` exports that trial
     (number) instead of the best; ``worker_index``: the sampler's seed is ``search.seed + worker_index``
-    (None: a random seed, so identical workers explore differently). Only router-train and router-val
-    are loaded for the trials. Returns a summary dict."""
+    (None: a random seed, so identical workers explore differently). With ``search.workers`` N > 1 this
+    process starts N - 1 worker processes on the same study (worker indices ``worker_index * N + i``, or
+    random) and every worker runs on ``threads`` torch threads (default: this process's CPUs // N); the
+    outputs and the export are written here once all are done. Only router-train and router-val are loaded
+    for the trials. Returns a summary dict."""
     sc = cfg.search
     if cfg.tune.guarantee:
         log.warning("tune.guarantee does not apply to `router-train search`: each trial's threshold comes from "
@@ -118,6 +171,9 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
     name = study_name or default_study_name(cfg)
     table = pipeline.stage_collect(cfg)
     feats = pipeline.stage_features(cfg)
+    n_workers = min(sc.worker_count(), n_trials)
+    # after collect and features (the workers find them cached), before this process's own set-up
+    children, restore = _start_workers(cfg, url, name, n_trials, n_workers, worker_index, threads)
     train = fit.split_arrays(table, feats, cfg.model_names, "router-train")
     val = fit.split_arrays(table, feats, cfg.model_names, "router-val")
     spec = fit.cost_spec(train, table, cfg)
@@ -128,10 +184,13 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
     log.info("study %s in %s: %d trials wanted, %d live; sampler seed %d", name, safe_url(url), n_trials,
              len(study.get_trials(deepcopy=False, states=LIVE)), seed)
     t0 = time.perf_counter()
-    mine = run_worker(study, objective, n_trials, poll_s=min(5.0, sc.heartbeat_interval))
+    try:
+        mine = run_worker(study, objective, n_trials, poll_s=min(5.0, sc.heartbeat_interval))
+    finally:
+        _join_workers(children, restore)
     trials = study.get_trials(deepcopy=False)
     count = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    summary = {"study": name, "storage": safe_url(url), "mode": sc.mode, "worker_trials": mine,
+    summary = {"study": name, "storage": safe_url(url), "mode": sc.mode, "workers": n_workers, "worker_trials": mine,
                "worker_seconds": round(time.perf_counter() - t0, 2), "n_trials": n_trials, "trials": count}
     if not (outputs or export):
         return summary

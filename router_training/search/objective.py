@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -234,6 +235,7 @@ class Objective:
         params = {name: suggest(trial, name, d) for name, d in self.dists.items()}
         out = self.trial_root / f"trial-{trial.number:04d}"
         trial.set_user_attr("checkpoint_dir", str(out))
+        trial.set_user_attr("worker_pid", os.getpid())
         self.timer = TrialTimer()
         try:
             module, dm, rc, mask = self.train_router(params, out, trial, loggers=True if self.sc.wandb else "csv")

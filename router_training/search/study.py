@@ -36,7 +36,7 @@ def default_study_name(cfg: Config) -> str:
     """One study per (data, models, profile, base router, search settings other than n_trials and the
     worker plumbing): a relaunch with the same config resumes; a changed space starts a new study."""
     s = pipeline.settings(cfg, "dataset", "models", "profile", "router", "search")
-    for k in ("n_trials", "heartbeat_interval", "grace_period", "wandb"):
+    for k in ("n_trials", "heartbeat_interval", "grace_period", "wandb", "workers"):
         s["search"].pop(k, None)
     return f"{cfg.name}-search-{cfg.search.mode}-{pipeline._digest(s)}"
 
