@@ -598,3 +598,33 @@ def test_scorer_sweep_matches_the_decision_rule_threshold_by_threshold():
     d_all, m_all = scorer.best(probs)
     assert m_all["edge_share"] >= m["edge_share"] and (d_all["lambda_latency"], d_all["lambda_energy"]) != (0, 0)
     assert m_all["accuracy"] >= scorer.floor - 1e-12
+
+
+def test_scorer_sweep_equals_decide_at_every_threshold_with_two_edge_models():
+    """``Scorer._sweep`` (step functions over the edge probabilities) gives, for every threshold and
+    lambda pair, the accuracy, edge share and mean latency of ``runtime.decide`` run at that threshold,
+    with ties in P(correct) and in cost included."""
+    from router_training.runtime import decide
+
+    rng = np.random.default_rng(5)
+    n, tiers = 300, ["edge", "edge", "cloud"]
+    probs = rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], size=(n, 3))  # many equal probabilities
+    score = (rng.random((n, 3)) < probs).astype(float)
+    lat = np.tile([0.1, 0.3, 1.0], (n, 1)) + rng.random((n, 3)) * 0.01
+    val = SplitArrays([f"s{i}" for i in range(n)], np.zeros((n, 3), np.float32), score, lat, lat * 2,
+                      np.full((n, 3), np.nan))
+    spec = {"models": [{"name": f"m{k}", "tier": t, "mean_compute_s": [0.1, 0.3, 0.5][k],
+                        "mean_payload_bytes": 0 if t == "edge" else 1000} for k, t in enumerate(tiers)],
+            "profile": {"name": "p", "edge_power_w": 10, "idle_power_w": 3, "radio_tx_power_w": 2,
+                        "uplink_mbps": 10, "downlink_mbps": 50, "rtt_s": 0.05},
+            "ref_latency_s": 1.0, "ref_energy_j": 1.0}
+    scorer = search.Scorer(val, spec, tiers, 2, "single", 0.9)
+    ts = np.asarray(scorer.thresholds(probs))
+    for ll, le in [(0.0, 0.0), (0.5, 0.0), (0.0, 1.0), (2.0, 2.0)]:
+        acc, share, latency = scorer._sweep(probs, ts, ll, le)
+        for j, t in enumerate(ts):
+            idx = decide(probs, scorer.lat, scorer.en, [t, t, 0.0], ll, le, 1.0, 1.0)
+            rows = np.arange(n)
+            assert acc[j] == pytest.approx(score[rows, idx].mean(), abs=1e-12)
+            assert share[j] == pytest.approx((idx < 2).mean(), abs=1e-12)
+            assert latency[j] == pytest.approx(lat[rows, idx].mean(), abs=1e-12)

@@ -74,35 +74,61 @@ class Scorer:
         ``router-train tune`` chooses them, not the trial's training-loss weights: when an edge model costs
         more energy than the cloud (BlindTest's configured costs), a trial's ``lambda_energy`` would
         otherwise keep every query off the edge whatever the network learned. The sweep is
-        ``runtime.decide``'s rule on whole arrays, thresholds at once (it runs after every epoch of every
+        ``runtime.decide``'s rule for every threshold at once (``_sweep``; it runs after every epoch of every
         trial); the chosen decision's full metrics come from ``metrics``."""
         probs = np.asarray(probs, dtype=np.float64)
-        ts = self.thresholds(probs)
-        eligible = {k: probs[None, :, k] >= np.asarray(ts)[:, None] for k in np.flatnonzero(self.edge)}  # (T, n)
-        best, best_key = None, None
-        for ll, le in (LAMBDA_GRID if lambdas is None else lambdas):
-            cost = -probs + ll * self.lat / self.spec["ref_latency_s"] + le * self.en / self.spec["ref_energy_j"]
-            low = np.full((len(ts), len(probs)), np.inf)  # decide's argmin over eligible models, model by model:
-            idx = np.zeros(low.shape, np.int8)           # a strict < keeps the first of equal costs, as argmin
-            for k in range(probs.shape[1]):
-                take = cost[None, :, k] < low
-                if k in eligible:
-                    take &= eligible[k]
-                low, idx = np.where(take, cost[None, :, k], low), np.where(take, np.int8(k), idx)
-            acc, share, latency = np.zeros(len(ts)), np.zeros(len(ts)), np.zeros(len(ts))
-            for k in range(probs.shape[1]):
-                chosen = (idx == k).astype(np.float64)  # (T, n)
-                acc += chosen @ self.val.score[:, k]
-                latency += chosen @ self.val.latency_s[:, k]
-                if self.edge[k]:
-                    share += chosen.sum(1)
-            acc, share, latency = acc / len(probs), share / len(probs), latency / len(probs)
-            ok = acc >= self.floor - 1e-12 if self.floor is not None else np.ones(len(ts), bool)
-            for j in (np.flatnonzero(ok) if ok.any() else range(len(ts))):
-                key = (bool(ok.any()), share[j], acc[j], -latency[j]) if ok.any() else (False, acc[j], -latency[j])
-                if best_key is None or key > best_key:
-                    best, best_key = self.decision(ts[j], ll, le), key
+        ts = np.asarray(self.thresholds(probs))
+        pairs = LAMBDA_GRID if lambdas is None else lambdas
+        acc, share, latency = map(np.array, zip(*(self._sweep(probs, ts, ll, le) for ll, le in pairs)))  # (P, T)
+        latency = latency.round(12)  # sums in another order: equal latencies must tie
+        n_t = len(ts)
+        ok = acc >= self.floor - 1e-12 if self.floor is not None else np.ones(acc.shape, bool)
+        order = np.arange(acc.size).reshape(acc.shape)  # ties: the earlier pair, then the lower threshold
+        if ok.any():
+            keys = (order[ok], latency[ok], -acc[ok], -share[ok])
+        else:
+            keys = (order.ravel(), latency.ravel(), -acc.ravel())
+        flat = (order[ok] if ok.any() else order.ravel())[np.lexsort(keys)[0]]
+        best = self.decision(ts[flat % n_t], *pairs[flat // n_t])
         return best, self.metrics(probs, best)
+
+    def _sweep(self, probs: np.ndarray, ts: np.ndarray, ll: float, le: float):
+        """(accuracy, edge share, mean latency (s)) on router-val, each float64 (T,), of ``runtime.decide``
+        with one (lambda_latency ``ll``, lambda_energy ``le``) and every threshold of ``ts`` for the edge
+        models. Exact and O(n K log n): a query's choice changes only where the threshold passes one of
+        its edge probabilities (that edge model becomes eligible), so each metric is a sum of step
+        functions: its all-cloud value plus, per query and edge model, the change at that probability."""
+        n = len(probs)
+        rows = np.arange(n)
+        cost = -probs + ll * self.lat / self.spec["ref_latency_s"] + le * self.en / self.spec["ref_energy_j"]
+        cloud = np.flatnonzero(~self.edge)
+        best = cloud[np.argmin(cost[:, cloud], axis=1)]  # every threshold above the probabilities: the cloud
+        best_cost = cost[rows, best]
+        metrics = (self.val.score, self.edge[None].astype(np.float64).repeat(n, 0), self.val.latency_s)
+        base = [m[rows, best].sum() for m in metrics]
+        edge = np.flatnonzero(self.edge)
+        by_p = edge[np.argsort(-probs[:, edge], axis=1, kind="stable")]  # (n, E) edge models, likeliest first
+        steps, deltas = [], [[] for _ in metrics]
+        for j in range(by_p.shape[1]):  # the j-th likeliest edge model joins once the threshold <= its P
+            k = by_p[:, j]
+            c = cost[rows, k]
+            take = (c < best_cost) | ((c == best_cost) & (k < best))  # decide's argmin: the first of equal costs
+            new = np.where(take, k, best)
+            steps.append(probs[rows, k])
+            for d, m in zip(deltas, metrics):
+                d.append(m[rows, new] - m[rows, best])
+            best, best_cost = new, np.where(take, c, best_cost)
+        if not steps:
+            return tuple(np.full(len(ts), b / n) for b in base)
+        at = np.concatenate(steps)
+        order = np.argsort(-at, kind="stable")
+        at = at[order]
+        count = np.searchsorted(-at, -ts, side="right")  # steps with probability >= each threshold
+        out = []
+        for b, d in zip(base, deltas):
+            cum = np.concatenate([[0.0], np.cumsum(np.concatenate(d)[order])])
+            out.append((b + cum[count]) / n)
+        return tuple(out)
 
     def objective(self, m: dict) -> float:
         """Single mode's intermediate objective: the edge share when the floor is met, else the (negative)
