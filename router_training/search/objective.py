@@ -48,6 +48,8 @@ class Scorer:
         self.n_grid = grid
         self.edge = np.array([t == "edge" for t in tiers])
         self.lat, self.en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
+        # what ``_sweep`` sums per query and model (n, K): score, is-edge, latency (s)
+        self._per_model = (val.score, np.broadcast_to(self.edge.astype(np.float64), val.score.shape), val.latency_s)
 
     def thresholds(self, probs: np.ndarray) -> list[float]:
         """The sweep: ``grid`` quantiles of the edge models' predicted P(correct) on router-val (so a router
@@ -83,12 +85,9 @@ class Scorer:
         latency = latency.round(12)  # sums in another order: equal latencies must tie
         n_t = len(ts)
         ok = acc >= self.floor - 1e-12 if self.floor is not None else np.ones(acc.shape, bool)
-        order = np.arange(acc.size).reshape(acc.shape)  # ties: the earlier pair, then the lower threshold
-        if ok.any():
-            keys = (order[ok], latency[ok], -acc[ok], -share[ok])
-        else:
-            keys = (order.ravel(), latency.ravel(), -acc.ravel())
-        flat = (order[ok] if ok.any() else order.ravel())[np.lexsort(keys)[0]]
+        cand = np.flatnonzero(ok) if ok.any() else np.arange(acc.size)  # flat (pair, threshold) indices
+        keys = (cand, latency.flat[cand], -acc.flat[cand]) + ((-share.flat[cand],) if ok.any() else ())
+        flat = cand[np.lexsort(keys)[0]]  # the last key first; ties: the earlier pair, the lower threshold
         best = self.decision(ts[flat % n_t], *pairs[flat // n_t])
         return best, self.metrics(probs, best)
 
@@ -104,7 +103,7 @@ class Scorer:
         cloud = np.flatnonzero(~self.edge)
         best = cloud[np.argmin(cost[:, cloud], axis=1)]  # every threshold above the probabilities: the cloud
         best_cost = cost[rows, best]
-        metrics = (self.val.score, self.edge[None].astype(np.float64).repeat(n, 0), self.val.latency_s)
+        metrics = self._per_model
         base = [m[rows, best].sum() for m in metrics]
         edge = np.flatnonzero(self.edge)
         by_p = edge[np.argsort(-probs[:, edge], axis=1, kind="stable")]  # (n, E) edge models, likeliest first
