@@ -99,15 +99,16 @@ def chosen_router(cfg: Config, objective: Objective, trial: optuna.trial.FrozenT
 
 
 def _child_worker(cfg: Config, storage: str, study_name: str, n_trials: int, worker_index: int | None,
-                  threads: int) -> None:
-    """A worker process ``stage_search`` starts (``search.workers``): trials only, on ``threads`` threads."""
+                  threads: int, ready) -> None:
+    """A worker process ``stage_search`` starts (``search.workers``): trials only, on ``threads`` threads;
+    sets the event ``ready`` once it is about to run them."""
     import torch
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
     cfg.search = dataclasses.replace(cfg.search, workers=1)
     stage_search(cfg, storage=storage, study_name=study_name, n_trials=n_trials, export=False, outputs=False,
-                 worker_index=worker_index)
+                 worker_index=worker_index, on_ready=ready.set)
 
 
 def _start_workers(cfg: Config, url: str, name: str, n_trials: int, n_workers: int, worker_index: int | None,
@@ -123,16 +124,28 @@ def _start_workers(cfg: Config, url: str, name: str, n_trials: int, n_workers: i
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     per = threads or max(1, cpus // n_workers)
     ctx = multiprocessing.get_context("spawn")
-    children = [ctx.Process(target=_child_worker, daemon=True, name=f"search-worker-{i}",
-                            args=(cfg, url, name, n_trials,
-                                  None if worker_index is None else worker_index * n_workers + i, per))
-                for i in range(1, n_workers)]
-    for c in children:
+    children = []
+    for i in range(1, n_workers):
+        ready = ctx.Event()
+        c = ctx.Process(target=_child_worker, daemon=True, name=f"search-worker-{i}",
+                        args=(cfg, url, name, n_trials, None if worker_index is None else worker_index * n_workers + i,
+                              per, ready))
+        c.ready = ready
         c.start()
+        children.append(c)
     restore = torch.get_num_threads()
     torch.set_num_threads(per)
     log.info("%d workers on this machine, %d torch thread(s) each", n_workers, per)
     return children, restore
+
+
+def _await_workers(children: list, timeout_s: float = 120.0) -> None:
+    """Wait until every started worker is about to run trials (or has exited, or ``timeout_s`` passed),
+    so that the first trials are shared rather than all taken by this process while the others import."""
+    deadline = time.monotonic() + timeout_s
+    for c in children:
+        while not c.ready.wait(0.1) and c.is_alive() and time.monotonic() < deadline:
+            pass
 
 
 def _join_workers(children: list, restore: int | None) -> None:
@@ -148,7 +161,8 @@ def _join_workers(children: list, restore: int | None) -> None:
 
 def stage_search(cfg: Config, storage: str | None = None, study_name: str | None = None,
                  n_trials: int | None = None, pick: int | None = None, export: bool = True,
-                 outputs: bool = True, worker_index: int | None = 0, threads: int | None = None) -> dict:
+                 outputs: bool = True, worker_index: int | None = 0, threads: int | None = None,
+                 on_ready=None) -> dict:
     """Run this process's share of the study, then (once the study is done) write the outputs and export
     the chosen trial's router to export/<run>/ (``pipeline.stage_export``; the manifest's ``search``
     records study, trial and parameters).
@@ -159,8 +173,9 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
     (None: a random seed, so identical workers explore differently). With ``search.workers`` N > 1 this
     process starts N - 1 worker processes on the same study (worker indices ``worker_index * N + i``, or
     random) and every worker runs on ``threads`` torch threads (default: this process's CPUs // N); the
-    outputs and the export are written here once all are done. Only router-train and router-val are loaded
-    for the trials. Returns a summary dict."""
+    outputs and the export are written here once all are done; this process starts its trials once they
+    are ready to start theirs (``on_ready``, a callable, is called at that moment). Only router-train and
+    router-val are loaded for the trials. Returns a summary dict."""
     sc = cfg.search
     if cfg.tune.guarantee:
         log.warning("tune.guarantee does not apply to `router-train search`: each trial's threshold comes from "
@@ -183,6 +198,9 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
     objective = Objective(cfg, train, val, spec, cloud, name, n_trials)
     log.info("study %s in %s: %d trials wanted, %d live; sampler seed %d", name, safe_url(url), n_trials,
              len(study.get_trials(deepcopy=False, states=LIVE)), seed)
+    _await_workers(children)
+    if on_ready is not None:
+        on_ready()
     t0 = time.perf_counter()
     try:
         mine = run_worker(study, objective, n_trials, poll_s=min(5.0, sc.heartbeat_interval))
