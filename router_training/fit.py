@@ -89,7 +89,8 @@ class Member(nn.Module):
     def forward(self, signals, image):
         if self.cnn is None:
             return self.mlp(signals)
-        # channels-last: torch's CPU convolutions and pooling run about 1.7x faster on it (same values)
+        # channels-last: torch's CPU convolutions and pooling run about 1.7x faster on it (the same function;
+        # the float rounding order differs, so training results move as with a seed)
         return self.mlp(torch.cat([signals, self.cnn(image.contiguous(memory_format=torch.channels_last))], 1))
 
 
