@@ -114,6 +114,7 @@ class QuestionError(ValueError):
 
 
 _INV = (1.0 / np.maximum(np.arange(256), 1)).astype(np.float32)  # 1 / max(R, G, B) for the saturation
+_OPPONENT = np.array([[1.0, -1.0, 0.0], [0.5, 0.5, -1.0]], dtype=np.float32)  # R, G, B -> rg, yb (colorfulness)
 
 
 def _mean_var(x: np.ndarray) -> tuple[float, float]:
@@ -122,13 +123,6 @@ def _mean_var(x: np.ndarray) -> tuple[float, float]:
     m = float(x.sum()) / x.size  # ndarray.mean's wrapper costs ~3 us more per call
     d = (x - m).ravel()
     return m, float(np.dot(d, d)) / d.size
-
-
-def _second_diff(a: np.ndarray, centre: float) -> np.ndarray:
-    """'Valid' 3x3 separable filter [1, centre, 1]^T (x) [1, centre, 1] over a (H, W) array -> (H-2, W-2)
-    (centre -2: Immerkaer's noise operator N)."""
-    v = a[:-2] + a[2:] + centre * a[1:-1]
-    return v[:, :-2] + v[:, 2:] + centre * v[:, 1:-1]
 
 
 def _sobel_sq(a: np.ndarray) -> np.ndarray:
@@ -199,17 +193,25 @@ def _views(image, max_pixels: int | None = None) -> tuple[tuple[int, int], Image
     return (size, work, *analysis_views(work))
 
 
+def _grey(im: Image.Image) -> tuple[Image.Image, np.ndarray]:
+    """(the "L" image, its values as float32 (H, W)) of an RGB image."""
+    grey = im.convert("L")
+    return grey, np.frombuffer(grey.tobytes(), np.uint8).reshape(grey.height, grey.width).astype(np.float32)
+
+
 def _image_of(size: tuple[int, int], thumb: Image.Image, crop: Image.Image) -> np.ndarray:
-    """``image_features`` from the image's ``_views``."""
+    """``image_features`` from the image's ``_views``. Per-query code: every numpy call costs a few us on
+    a small array, so the passes are shared (the second differences of blur and noise; the colour
+    planes) and nothing is converted twice."""
     full_w, full_h = size
     lap_var = noise = 0.0
-    grey = thumb.convert("L")
-    g = np.asarray(grey, dtype=np.float32)
-    c = g if crop is thumb else np.asarray(crop.convert("L"), dtype=np.float32)
+    grey, g = _grey(thumb)
+    c = g if crop is thumb else _grey(crop)[1]
     if min(c.shape) >= 3:
-        lap = c[:-2, 1:-1] + c[2:, 1:-1] + c[1:-1, :-2] + c[1:-1, 2:] - 4.0 * c[1:-1, 1:-1]
+        dy = c[:-2] + c[2:] - 2.0 * c[1:-1]  # vertical [1, -2, 1]; integer-valued, so exact in float32
+        lap = dy[:, 1:-1] + (c[1:-1, :-2] + c[1:-1, 2:] - 2.0 * c[1:-1, 1:-1])
         lap_var = _mean_var(lap)[1]
-        r = _second_diff(c, -2.0)
+        r = dy[:, :-2] + dy[:, 2:] - 2.0 * dy[:, 1:-1]  # = _second_diff(c, -2): Immerkaer's N
         noise = math.sqrt(math.pi / 2) * float(np.abs(r).sum()) / r.size / 6.0
     n = thumb.width * thumb.height
     entropy = grey.entropy() + 0.0  # Pillow's, over the 256-bin histogram, in bits; + 0.0 turns -0.0 into 0.0
@@ -219,15 +221,13 @@ def _image_of(size: tuple[int, int], thumb: Image.Image, crop: Image.Image) -> n
         edge = np.count_nonzero(sq > EDGE_THRESHOLD ** 2) / sq.size
     bpp = len(thumb.tobytes("jpeg", "RGB", JPEG_QUALITY)) * 8.0 / n  # = Image.save(format="JPEG", quality=75)
 
-    rgb8 = np.asarray(thumb)
-    r8, g8, b8 = rgb8[..., 0], rgb8[..., 1], rgb8[..., 2]  # channel slices: numpy is slow over a 3-long axis
-    r, gr, b = r8.astype(np.float32), g8.astype(np.float32), b8.astype(np.float32)
-    rg = r - gr
-    yb = 0.5 * (r + gr) - b
-    (m_rg, v_rg), (m_yb, v_yb) = _mean_var(rg), _mean_var(yb)
+    # (3, n) contiguous planes R, G, B: numpy is slow over a 3-long axis (a reduction over it: ~40x)
+    r8, g8, b8 = planes = np.ascontiguousarray(np.frombuffer(thumb.tobytes(), np.uint8).reshape(n, 3).T)
+    rg_yb = _OPPONENT @ planes.astype(np.float32)  # (2, n): R - G and (R + G) / 2 - B, exact in float32
+    (m_rg, v_rg), (m_yb, v_yb) = _mean_var(rg_yb[0]), _mean_var(rg_yb[1])
     colorful = math.hypot(math.sqrt(v_rg), math.sqrt(v_yb)) + 0.3 * math.hypot(m_rg, m_yb)
     mx, mn = np.maximum(np.maximum(r8, g8), b8), np.minimum(np.minimum(r8, g8), b8)
-    sat = float(np.dot((mx - mn).ravel().astype(np.float32), _INV[mx.ravel()])) / n
+    sat = float(np.dot((mx - mn).astype(np.float32), _INV[mx])) / n
 
     g_mean, g_var = _mean_var(g)
     return np.array([

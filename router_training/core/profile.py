@@ -6,7 +6,7 @@ for the current network without torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -67,13 +67,13 @@ class DeploymentProfile:
         return d
 
     def with_network(self, uplink_mbps: float | None = None, rtt_s: float | None = None) -> "DeploymentProfile":
-        """A copy with the current uplink bandwidth (Mbit/s) and/or round trip (s)."""
-        d = self.to_dict()
-        if uplink_mbps is not None:
-            d["uplink_mbps"] = uplink_mbps
-        if rtt_s is not None:
-            d["rtt_s"] = rtt_s
-        return DeploymentProfile.from_dict(d)
+        """A copy with the current uplink bandwidth (Mbit/s) and/or round trip (s). Raises ValueError for
+        an uplink that is not > 0. (Runs per gateway request: ``replace``, not a round trip through a
+        dict.)"""
+        if uplink_mbps is not None and not uplink_mbps > 0:
+            raise ValueError(f"deployment profile {self.name!r}: bandwidths must be > 0 Mbit/s, got {uplink_mbps!r}")
+        return replace(self, uplink_mbps=self.uplink_mbps if uplink_mbps is None else uplink_mbps,
+                       rtt_s=self.rtt_s if rtt_s is None else rtt_s)
 
     def cost(self, tier, compute_s, payload_bytes) -> tuple[np.ndarray, np.ndarray]:
         """Latency (s) and device energy (J) of running queries on a tier.

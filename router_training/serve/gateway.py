@@ -47,7 +47,7 @@ from typing import AsyncIterator, Mapping
 
 from PIL import Image
 
-from ..core import features
+from ..core import features, images
 from . import upstream as up
 from .config import ServeConfig
 from .decision_log import SPLIT, DecisionLog
@@ -284,8 +284,11 @@ class Gateway:
             t = time.perf_counter()
             decision = None
             if routed and image is not None:
-                try:  # from the bytes: the runtime decodes a large JPEG at reduced scale
-                    decision = self.router.route(img_bytes, inputs.question, uplink, rtt, inputs.payload_bytes)
+                # the image opened above (its header read once), or the bytes when the runtime would decode a
+                # large JPEG at reduced scale (``images.load`` drafts only what it opens itself)
+                src = image if images.reduction(image.size) == 1 or image.format not in ("JPEG", "MPO") else img_bytes
+                try:
+                    decision = self.router.route(src, inputs.question, uplink, rtt, inputs.payload_bytes)
                 except features.QuestionError as e:  # a question the router's rule refuses
                     raise RequestError(400, f"the router cannot read this question: {e}", "invalid_question",
                                        "messages") from None
