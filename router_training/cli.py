@@ -164,7 +164,7 @@ def _run(args) -> int:
         return 0
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here loads from a hub
-    from . import config, data, pipeline
+    from . import config, pipeline
 
     _one_line_per_message()
     cfg = config.load(args.config, args.workdir)
@@ -178,26 +178,27 @@ def _run(args) -> int:
         except ValueError as e:
             print(f"router-train: {e}", file=sys.stderr)
             return 2
-    if cmd == "run":
-        print(pipeline.run(cfg))
-    elif cmd == "data":
-        ds = data.build_router_dataset(cfg)
-        print(ds.to_pandas().groupby(["split", "degradation"]).size().unstack(fill_value=0))
-    elif cmd == "reference":
-        pipeline.stage_reference(cfg)
-    elif cmd == "collect":
-        table = pipeline.stage_collect(cfg)
-        print(table.groupby(["split", "model"])["score"].agg(["mean", "size"]))
-    elif cmd == "features":
-        print(pipeline.stage_features(cfg).describe().T)
-    elif cmd == "fit":
-        pipeline.stage_fit(cfg, force=args.force)
-    elif cmd == "tune":
-        print(json.dumps(pipeline.stage_tune(cfg, force=args.force), indent=2))
-    elif cmd == "export":
-        print(json.dumps(pipeline.stage_export(cfg), indent=2))
-    elif cmd in ("report", "evaluate"):  # the report stage is the evaluation harness
-        print(pipeline.stage_report(cfg))
+    def fit(c):
+        pipeline.stage_fit(c, force=args.force)
+
+    stages = {  # command -> what it prints (None: nothing)
+        "run": pipeline.run,
+        "data": lambda c: pipeline.router_dataset(c).to_pandas().groupby(["split", "degradation"]).size()
+        .unstack(fill_value=0),
+        "reference": pipeline.stage_reference,
+        "collect": lambda c: pipeline.stage_collect(c).groupby(["split", "model"])["score"].agg(["mean", "size"]),
+        "features": lambda c: pipeline.stage_features(c).describe().T,
+        "fit": fit,
+        "tune": lambda c: json.dumps(pipeline.stage_tune(c, force=args.force), indent=2),
+        "export": lambda c: json.dumps(pipeline.stage_export(c), indent=2),
+        "report": pipeline.stage_report,
+        "evaluate": pipeline.stage_report,  # the report stage is the evaluation harness
+    }
+    if cmd in stages:
+        with pipeline.session():
+            out = stages[cmd](cfg)
+        if out is not None:
+            print(out)
     elif cmd == "search":
         from . import search
 
@@ -206,9 +207,10 @@ def _run(args) -> int:
 
             torch.set_num_threads(args.threads)
         try:
-            summary = search.stage_search(cfg, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
-                                          pick=args.pick, export=not args.no_export, worker_index=args.worker_index,
-                                          threads=args.threads)
+            with pipeline.session():
+                summary = search.stage_search(cfg, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
+                                              pick=args.pick, export=not args.no_export,
+                                              worker_index=args.worker_index, threads=args.threads)
         except search.SearchError as e:
             print(f"router-train: {e}", file=sys.stderr)
             return 2

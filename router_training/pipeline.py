@@ -1,10 +1,16 @@
 """The stages of a run, each reusing what an earlier run left (``force`` recomputes):
-data -> reference -> collect -> features -> fit -> tune -> export -> report."""
+data -> reference -> collect -> features -> fit -> tune -> export -> report.
+
+Within a ``session`` (``run`` and every CLI command open one) each stage's product is computed or read
+once per config: a stage that needs an earlier one's reuses it instead of reading its files again."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
+import inspect
 import hashlib
 import json
 import logging
@@ -23,6 +29,47 @@ from .runtime import Router
 
 log = logging.getLogger(__name__)
 SPLITS = ("router-train", "router-val", "router-test")
+_SESSION: contextvars.ContextVar[dict | None] = contextvars.ContextVar("router_training_session", default=None)
+
+
+@contextlib.contextmanager
+def session():
+    """A scope in which every ``_once`` stage (the router dataset, the outcome table, the features, the
+    splits, the fitted router, the decision) is computed or loaded once per config object. Re-entrant: an
+    inner session uses the outer one's products."""
+    if _SESSION.get() is not None:
+        yield
+        return
+    token = _SESSION.set({})
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
+
+
+def _once(fn):
+    """``fn(cfg, ...)`` memoised per config inside a ``session`` (outside one it runs every time);
+    ``force=True`` recomputes and replaces the memo. The products are shared: callers do not modify them."""
+    forcible = "force" in inspect.signature(fn).parameters
+
+    @functools.wraps(fn)
+    def wrapper(cfg, *args, **kwargs):
+        memo = _SESSION.get()
+        key = (fn.__name__, id(cfg))
+        if memo is None or (forcible and kwargs.get("force")) or key not in memo:
+            out = fn(cfg, *args, **kwargs)
+            if memo is None:
+                return out
+            memo[key] = out
+        return memo[key]
+
+    return wrapper
+
+
+@_once
+def router_dataset(cfg: Config):
+    """The run's router dataset (``data.build_router_dataset``)."""
+    return data.build_router_dataset(cfg)
 
 
 def reference_dir(cfg: Config):
@@ -62,6 +109,7 @@ def make_backend(cfg: Config, name: str):
     return backends.build(m.backend, name=m.name, **m.options)
 
 
+@_once
 def stage_collect(cfg: Config) -> pd.DataFrame:
     """Outcome table (all models, router splits) with latency_s and energy_j under the config's profile.
     Trains missing reference models first; ``replay`` models are read from their outcome files.
@@ -72,7 +120,7 @@ def stage_collect(cfg: Config) -> pd.DataFrame:
     collection and then exits (SystemExit 0): only rank 0 goes on to the later stages."""
     from . import distributed
 
-    ds = data.build_router_dataset(cfg)  # first: refuses a changed dataset section before anything is trained
+    ds = router_dataset(cfg)  # first: refuses a changed dataset section before anything is trained
     stage_reference(cfg)
     root = cfg.path("data") / "outcomes"
     cc = cfg.collect
@@ -130,13 +178,14 @@ def image_payloads(cfg: Config, ds, image_ids: set) -> dict[str, int]:
     return known
 
 
+@_once
 def stage_features(cfg: Config) -> pd.DataFrame:
     """Feature table: sample_id + ``features.FEATURE_NAMES`` (float32), cached in
     data/<run>/features-v<FEATURE_VERSION>.parquet. Image features are computed once per image."""
     path = cfg.path("data") / f"features-v{features.FEATURE_VERSION}.parquet"
     if path.exists():
         return pd.read_parquet(path)
-    ds = data.build_router_dataset(cfg)
+    ds = router_dataset(cfg)
     per_image: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # image_id -> (image features, thumbnail)
     rows = []
     # undecoded cells: images.load decodes each image once, as the device does a file (a JPEG at draft scale)
@@ -152,7 +201,9 @@ def stage_features(cfg: Config) -> pd.DataFrame:
     return df
 
 
+@_once
 def load_splits(cfg: Config) -> tuple[pd.DataFrame, dict[str, SplitArrays]]:
+    """(outcome table, {split: SplitArrays}) of the run."""
     table = stage_collect(cfg)
     feats = stage_features(cfg)
     return table, {s: fit.split_arrays(table, feats, cfg.model_names, s) for s in SPLITS}
@@ -181,6 +232,7 @@ def fit_settings(cfg: Config) -> dict:
             "best_epoch_on": "router-train holdout" if cfg.tune.guarantee else "router-val"}
 
 
+@_once
 def stage_fit(cfg: Config, force: bool = False, loggers: bool = True):
     """Train the router, or load it when it was trained with the same ``fit_settings``. The best epoch
     is chosen on router-val, or in guarantee mode (``tune.guarantee``) on a seeded fifth of router-train,
@@ -222,6 +274,7 @@ def study_name(cfg: Config, spec: dict) -> str:
     return f"{cfg.name}-thresholds-{_digest({'fit': spec['settings'], **settings(cfg, 'tune')})}"
 
 
+@_once
 def stage_tune(cfg: Config, force: bool = False) -> dict:
     """Thresholds and lambdas chosen on router-val (Optuna, or Learn-then-Test calibration with
     ``tune.guarantee``); saved to data/<run>/decision.json."""
@@ -260,17 +313,25 @@ def stage_tune(cfg: Config, force: bool = False) -> dict:
     return decision
 
 
-def stage_export(cfg: Config, chosen: dict | None = None) -> dict:
+def stage_export(cfg: Config, chosen: dict | None = None, force: bool = False) -> dict:
     """ONNX + manifest in export/<run>/, then parity on router-test (max abs diff <= 1e-5 and identical
     decisions, else RuntimeError). Returns the parity dict. By default the configured router
-    (``stage_fit``) with the thresholds of ``stage_tune``; ``chosen`` (from ``search.chosen_router``:
-    keys module, spec, decision, extra) exports a router trained by ``router-train search`` instead,
-    with ``extra`` (study, trial, parameters) added to the manifest."""
+    (``stage_fit``) with the thresholds of ``stage_tune``, cached: an artifact exported from the same
+    checkpoint (sha256) and decision (study) is kept, with the parity it passed (checkpoints/<run>/router/
+    export.json), unless ``force``. ``chosen`` (from ``search.chosen_router``: keys module, spec, decision,
+    extra) exports a router trained by ``router-train search`` instead, with ``extra`` (study, trial,
+    parameters) added to the manifest."""
     from . import export
 
+    stamp_path, stamp = cfg.path("checkpoints") / "router" / "export.json", None
     if chosen is None:
         module, spec = stage_fit(cfg)
         decision = stage_tune(cfg)
+        ckpt = cfg.path("checkpoints") / "router" / "best.ckpt"
+        stamp = {"study": decision["study"], "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+        kept = json.loads(stamp_path.read_text()) if stamp_path.exists() and not force else {}
+        if {k: kept.get(k) for k in stamp} == stamp and _artifact_sha(cfg) == kept.get("onnx_sha256"):
+            return kept["parity"]
         target = settings(cfg, "tune")["tune"]
         if "guarantee" in decision:  # the Optuna target is not used then
             target = {"guarantee": target["guarantee"]}
@@ -282,12 +343,26 @@ def stage_export(cfg: Config, chosen: dict | None = None) -> dict:
         module, spec, decision, extra = chosen["module"], chosen["spec"], chosen["decision"], chosen["extra"]
     _, splits = load_splits(cfg)
     out = cfg.path("export")
+    stamp_path.unlink(missing_ok=True)  # the artifact is about to change
     mean, std = (np.asarray(spec["features"][k], dtype=np.float32) for k in ("mean", "std"))
     export.export(module, mean, std, spec, decision, out, extra={"name": cfg.name, **extra})
     par = export.parity(module, mean, std, out, splits["router-test"].x)
     if par["max_abs_diff"] > 1e-5 or not par["same_decisions"]:
         raise RuntimeError(f"ONNX parity failed on router-test: {par}")
+    if stamp is not None:
+        stamp_path.write_text(json.dumps({**stamp, "onnx_sha256": _artifact_sha(cfg), "parity": par}, indent=2))
     return par
+
+
+def _artifact_sha(cfg: Config) -> str | None:
+    """The sha256 the exported artifact's manifest records for its ONNX file (None: no artifact, or one
+    whose ONNX file does not match it)."""
+    out = cfg.path("export")
+    try:
+        recorded = json.loads((out / "manifest.json").read_text())["onnx_sha256"]
+        return recorded if hashlib.sha256((out / "router.onnx").read_bytes()).hexdigest() == recorded else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def stage_report(cfg: Config, bootstrap: int = 1000, baselines: bool = True) -> str:
@@ -304,7 +379,7 @@ def stage_report(cfg: Config, bootstrap: int = 1000, baselines: bool = True) -> 
         log.info("the exported router predates the current config: re-exporting")
         stage_export(cfg)
     table, splits = load_splits(cfg)
-    ds = data.build_router_dataset(cfg)
+    ds = router_dataset(cfg)
     cols = ["sample_id", "degradation", "severity", "question", *(["group"] if "group" in ds.column_names else [])]
     info = ds.select_columns(cols).to_pandas()
     info["empty_question"] = info.pop("question").str.strip() == ""
@@ -316,12 +391,13 @@ def stage_report(cfg: Config, bootstrap: int = 1000, baselines: bool = True) -> 
 
 
 def run(cfg: Config) -> str:
-    """All stages; returns the report table."""
-    stage_collect(cfg)
-    stage_features(cfg)
-    stage_fit(cfg)
-    stage_tune(cfg)
-    par = stage_export(cfg)
-    log.info("ONNX parity on %d router-test samples: max abs diff %.2e, same decisions %s",
-             par["n"], par["max_abs_diff"], par["same_decisions"])
-    return stage_report(cfg)
+    """All stages, in one ``session``; returns the report table."""
+    with session():
+        stage_collect(cfg)
+        stage_features(cfg)
+        stage_fit(cfg)
+        stage_tune(cfg)
+        par = stage_export(cfg)
+        log.info("ONNX parity on %d router-test samples: max abs diff %.2e, same decisions %s",
+                 par["n"], par["max_abs_diff"], par["same_decisions"])
+        return stage_report(cfg)

@@ -124,6 +124,18 @@ def test_route_cli_runs_without_torch(tiny_run):
     assert decision["expected_latency_s"]["cloud"] > cfg.profile.rtt_s > decision["expected_latency_s"]["edge-small"]
 
 
+def test_a_fresh_run_reads_each_stage_input_once(tiny_run):
+    """Stages hand their products on within the run's session: every outcome part, the features, the
+    router dataset and the router checkpoint are read at most once (before sessions: collect ran five
+    times, the checkpoint was loaded four times)."""
+    from conftest import FRESH_RUN_READS
+
+    cfg, _ = tiny_run
+    parts = [p for m in cfg.model_names for p in outcomes.parts(cfg.path("data") / "outcomes" / m)]
+    assert parts and all(FRESH_RUN_READS.get(str(p.resolve())) == 1 for p in parts)
+    assert FRESH_RUN_READS and max(FRESH_RUN_READS.values()) == 1, FRESH_RUN_READS
+
+
 def test_rerun_reuses_every_cache(tiny_run):
     cfg, table = tiny_run
     watched = [p for p in cfg.workdir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".parquet", ".ckpt", ".db")]

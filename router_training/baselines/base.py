@@ -82,10 +82,10 @@ class Context:
 
 
 def questions_by_sample(cfg) -> dict[str, str]:
-    """sample_id -> question of every row of the run's router dataset (``data.build_router_dataset``)."""
-    from .. import data
+    """sample_id -> question of every row of the run's router dataset (``pipeline.router_dataset``)."""
+    from .. import pipeline
 
-    ds = data.build_router_dataset(cfg).select_columns(["sample_id", "question"])
+    ds = pipeline.router_dataset(cfg).select_columns(["sample_id", "question"])
     return dict(zip(ds["sample_id"], ds["question"]))
 
 
