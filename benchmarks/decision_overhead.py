@@ -86,6 +86,7 @@ def build_artifact(out: Path) -> Path:
     """Train the router for 1 epoch on 2,000 synthetic rows and export it to ``out``."""
     from router_training.config import RouterConfig
     from router_training.export import export
+    from router_training.core.decision import CostSpec
     from router_training.fit import fit
 
     spec = common.synthetic_spec()
@@ -93,7 +94,7 @@ def build_artifact(out: Path) -> Path:
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            module, dm = fit(train, val, spec, RouterConfig(epochs=1), out / "fit", loggers=False, progress=False)
+            module, dm = fit(train, val, CostSpec.from_dict(spec), RouterConfig(epochs=1), out / "fit", loggers=False, progress=False)
             decision = {"thresholds": [0.5, 0.5, 0.0], "lambda_latency": 0.2, "lambda_energy": 0.1}
             # with the training range (dm.stats), so route() computes the out-of-distribution score too
             return export(module, dm.mean, dm.std, {**spec, "features": dm.stats}, decision, out / "artifact")

@@ -63,6 +63,7 @@ def main() -> None:
 
     from router_training.config import RouterConfig
     from router_training.core.features import FEATURE_NAMES, PIXEL_FEATURES
+    from router_training.core.decision import CostSpec
     from router_training.fit import fit
 
     if args.threads:
@@ -107,7 +108,7 @@ def main() -> None:
             timer = EpochTimer()
             with tempfile.TemporaryDirectory(prefix="router-scaling-") as tmp:
                 t0 = time.perf_counter()
-                fit(train, val, spec, rc, Path(tmp), loggers=False, callbacks=[timer], progress=False)
+                fit(train, val, CostSpec.from_dict(spec), rc, Path(tmp), loggers=False, callbacks=[timer], progress=False)
                 total = time.perf_counter() - t0
             del train, val
             results[router].append((n, max(1, int(n * args.val_fraction)), timer.epochs, total))

@@ -140,7 +140,7 @@ def _run(args) -> int:
         serve(args.artifact, args.endpoints, args.host, args.port, args.decision_log)
         return 0
     if args.command == "route":
-        from .runtime import Router, expected_costs
+        from .runtime import Router
 
         for name, v, low in (("--uplink-mbps", args.uplink_mbps, "> 0"), ("--rtt-s", args.rtt_s, ">= 0")):
             if v is not None and not ((v > 0 if low == "> 0" else v >= 0) and v < float("inf")):
@@ -152,7 +152,7 @@ def _run(args) -> int:
         d = router.route(args.image, args.question, args.uplink_mbps, args.rtt_s)  # a path: JPEG draft decoding
         limit, policy = router.ood_settings()
         profile = router.profile.with_network(args.uplink_mbps, args.rtt_s)
-        lat, en = expected_costs(router.manifest, profile)
+        lat, en = router.cost.costs(profile)
         print(json.dumps({"model": d.model, "tier": d.tier, "p_correct": d.scores,
                           "network": {"uplink_mbps": profile.uplink_mbps, "rtt_s": profile.rtt_s},
                           "expected_latency_s": dict(zip(router.models, lat.tolist())),

@@ -18,7 +18,7 @@ from . import data, metrics, outcomes, policies, report
 from .config import Config
 from .core.splits import SplitArrays
 from .fit import split_arrays
-from .runtime import Router, expected_costs
+from .runtime import Router
 
 BANDWIDTHS_MBPS = (1, 2, 5, 10, 20, 50, 100)
 PLOTTED_BASELINES = ("cascade", "knn", "hybrid_det", "minilm_clf", "mlp_image", "mlp_text")
@@ -64,12 +64,12 @@ def guarantee_check(cfg: Config, router: Router, splits: dict[str, SplitArrays],
     names = ("router-val", "router-test") if calibrated else ("router-test",)
     x = np.concatenate([splits[s].x for s in names])
     score = np.concatenate([splits[s].score for s in names])
-    d = router.manifest["decision"]
-    lat, en = expected_costs(router.manifest, router.profile)
+    rule, cost = router.rule, router.cost
+    lat, en = cost.costs()
     grid = guarantee.DEFAULT_GRID
     probs = router.predict(x)
-    assign = guarantee.router_assign(probs, router.tiers, lat, en, d["lambda_latency"],
-                                     d["lambda_energy"], d["ref_latency_s"], d["ref_energy_j"])
+    assign = guarantee.router_assign(probs, router.tiers, lat, en, rule.lambda_latency, rule.lambda_energy,
+                                     cost.ref_latency_s, cost.ref_energy_j)
     assigns = [assign(t) for t in grid]
     losses = np.stack([guarantee.per_sample_loss(a, score, cloud) for a in assigns])
     is_edge = np.array(router.tiers) == "edge"
@@ -134,11 +134,9 @@ def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, r
         cached = json.loads(cache.read_text())
         if cached.get("settings") == key:
             return cached["baselines"], cached["paired"]
-    m = router.manifest
     ctx = baselines.Context(
         cfg.tiers, cloud, questions=baselines.questions_by_sample(cfg), val=splits["router-val"],
-        spec={"models": m["models"], "profile": m["profile"], "ref_latency_s": m["decision"]["ref_latency_s"],
-              "ref_energy_j": m["decision"]["ref_energy_j"]},
+        cost_spec=router.cost,
         router_config=cfg.router, epochs=min(cfg.router.epochs, 20),
         router=lambda s: np.eye(len(cfg.models))[router.decide(router.predict(s.x))])
     test = splits["router-test"]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .core import ood
+from .core.decision import CostSpec, DecisionRule
 from .core.features import FEATURE_NAMES, FEATURE_VERSION, THUMBNAIL_SIDE
 from .fit import RouterModule, RouterNet
 from .runtime import MANIFEST, ONNX_FILE, Router
@@ -92,9 +93,12 @@ def export(module: RouterModule, mean: np.ndarray, std: np.ndarray, spec: dict, 
 
     ``spec["features"]`` (``fit.RouterDataModule.stats``) supplies the training range ("min", "max") and
     the default out-of-distribution limit ("ood_max_score"), written to the manifest's ``features`` and
-    ``ood`` sections; a spec without them exports a router whose decisions carry no OOD score."""
+    ``ood`` sections; a spec without them exports a router whose decisions carry no OOD score. ``spec``
+    is otherwise read as a ``CostSpec`` and ``decision`` as a ``DecisionRule`` (plus its ``target_met`` and
+    ``deployed``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = spec.get("features", {})
+    cost = CostSpec.from_dict(spec).to_dict()
     onnx_path = write_onnx(module.net, out_dir / ONNX_FILE)
     versions = {p: metadata.version(p) for p in ("router-training", "torch", "onnx", "onnxruntime", "numpy")}
     manifest = {
@@ -106,11 +110,10 @@ def export(module: RouterModule, mean: np.ndarray, std: np.ndarray, spec: dict, 
         # ("route": as usual; "cloud": to the cloud); the device may override both (runtime.Router.load)
         "ood": {"max_score": stats.get("ood_max_score"), "policy": "route",
                 "max_score_source": f"{ood.OOD_QUANTILE:.0%} quantile of router-val's scores"},
-        "models": spec["models"],
-        "profile": spec["profile"],
-        "decision": {"thresholds": decision["thresholds"], "lambda_latency": decision["lambda_latency"],
-                     "lambda_energy": decision["lambda_energy"], "ref_latency_s": spec["ref_latency_s"],
-                     "ref_energy_j": spec["ref_energy_j"],
+        "models": cost["models"],
+        "profile": cost["profile"],
+        "decision": {**DecisionRule.from_dict(decision).to_dict(), "ref_latency_s": cost["ref_latency_s"],
+                     "ref_energy_j": cost["ref_energy_j"],
                      # whether tuning met its target, and what was deployed instead when it did not
                      "target_met": bool(decision.get("target_met", True)),
                      "deployed": decision.get("deployed", "router")},

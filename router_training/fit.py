@@ -17,9 +17,8 @@ from . import outcomes
 from .config import Config, RouterConfig
 from .core import ood
 from .core.features import FEATURE_NAMES, PIXEL_FEATURES, THUMBNAIL_SIDE
-from .core.profile import DeploymentProfile
+from .core.decision import CostSpec, ModelCost
 from .core.splits import SplitArrays
-from .runtime import expected_costs
 
 
 def split_arrays(table: pd.DataFrame, feats: pd.DataFrame, models: list[str], split: str) -> SplitArrays:
@@ -41,7 +40,7 @@ def split_arrays(table: pd.DataFrame, feats: pd.DataFrame, models: list[str], sp
                        get("energy_j"), outcomes.matrix(part, models, "confidence", ids, allow_nan=True))
 
 
-def cost_spec(train: SplitArrays, table: pd.DataFrame, cfg: Config) -> dict:
+def cost_spec(train: SplitArrays, table: pd.DataFrame, cfg: Config) -> CostSpec:
     """What the decision rule needs besides probabilities, measured on router-train: per model its tier,
     mean compute time (s), mean payload (bytes) and ``compute_source`` ("measured", or "configured: <the
     model config's compute_source>" when every compute time is the config's ``compute_s``); the all-cloud
@@ -52,13 +51,12 @@ def cost_spec(train: SplitArrays, table: pd.DataFrame, cfg: Config) -> dict:
     for m in cfg.models:
         rows = part[part["model"] == m.name]
         configured = m.compute_s is not None and bool(np.all(rows["compute_s"].to_numpy() == m.compute_s))
-        models.append({"name": m.name, "tier": m.tier, "mean_compute_s": float(rows["compute_s"].mean()),
-                       "mean_payload_bytes": float(rows["payload_bytes"].mean()),
-                       "compute_source": f"configured: {m.compute_source}" if configured else "measured"})
+        models.append(ModelCost(m.name, m.tier, float(rows["compute_s"].mean()), float(rows["payload_bytes"].mean()),
+                                f"configured: {m.compute_source}" if configured else "measured"))
     cloud = [k for k, m in enumerate(cfg.models) if m.tier == "cloud"]
     ref = min(cloud, key=lambda k: train.latency_s[:, k].mean())
-    return {"models": models, "profile": cfg.profile.to_dict(),
-            "ref_latency_s": float(train.latency_s[:, ref].mean()), "ref_energy_j": float(train.energy_j[:, ref].mean())}
+    return CostSpec(tuple(models), cfg.profile, float(train.latency_s[:, ref].mean()),
+                    float(train.energy_j[:, ref].mean()))
 
 
 class Member(nn.Module):
@@ -148,7 +146,7 @@ class RouterModule(L.LightningModule):
     - realised cost c_im = -s_im + lambda_latency * l_im / L_ref + lambda_energy * e_im / E_ref, with
       L_ref, E_ref the all-cloud means on router-train;
     - soft routing distribution pi_i = softmax_m(-(-p_im + lambda_latency * Lbar_m / L_ref +
-      lambda_energy * Ebar_m / E_ref) / temperature), the decision rule of ``runtime.decide`` made
+      lambda_energy * Ebar_m / E_ref) / temperature), the decision rule of ``decision.decide`` made
       differentiable (Lbar_m, Ebar_m: the model's expected cost, known before it runs);
     - loss = BCE + cost_weight * mean_i sum_m pi_im c_im (the expected cost of the soft routing).
 
@@ -260,7 +258,7 @@ class _Batches:
             yield [t[rows] for t in data]
 
 
-def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_dir: Path,
+def fit(train: SplitArrays, val: SplitArrays, cost: CostSpec, rc: RouterConfig, out_dir: Path,
         loggers: bool | str = True, callbacks: list | None = None, progress: bool = True,
         wandb_options: dict | None = None) -> tuple[RouterModule, RouterDataModule]:
     """Train a router; the best epoch by ``val_loss`` is restored and saved as ``out_dir/best.ckpt``;
@@ -274,9 +272,9 @@ def fit(train: SplitArrays, val: SplitArrays, spec: dict, rc: RouterConfig, out_
     n_pixels = len(PIXEL_FEATURES) if train.x.shape[1] == len(FEATURE_NAMES) else 0
     dm = RouterDataModule(train, val, rc.batch_size,
                           columns=train.x.shape[1] - n_pixels if n_pixels and not rc.image_embedding else None)
-    lat, en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
+    lat, en = cost.costs()
     module = RouterModule(train.x.shape[1], train.score.shape[1], dict(rc.__dict__), lat.tolist(), en.tolist(),
-                          spec["ref_latency_s"], spec["ref_energy_j"], n_pixels)
+                          cost.ref_latency_s, cost.ref_energy_j, n_pixels)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_loss",
                                                enable_version_counter=False)

@@ -1,7 +1,7 @@
 """Routing thresholds with a distribution-free accuracy guarantee: Learn then Test.
 
 Problem. A scalar threshold t turns router outputs into an assignment (n, K) (``assign(t)``, e.g. the
-router's edge-eligibility threshold in ``runtime.decide``). Per sample i, the accuracy loss against
+router's edge-eligibility threshold in ``decision.decide``). Per sample i, the accuracy loss against
 all-cloud is
 
     l_i(t) = score_i[cloud] - sum_m assign_i(t)[m] * score_i[m]        in [-1, 1]
@@ -197,10 +197,10 @@ def calibrate(assign: Callable[[float], np.ndarray], thresholds: Sequence[float]
 def router_assign(probs: np.ndarray, tiers: Sequence[str], expected_latency_s, expected_energy_j,
                   lambda_latency: float = 0.0, lambda_energy: float = 0.0, ref_latency_s: float = 1.0,
                   ref_energy_j: float = 1.0) -> Callable[[float], np.ndarray]:
-    """``assign(t)`` for the learned router: ``runtime.decide`` on ``probs`` (n, K) with threshold t for
+    """``assign(t)`` for the learned router: ``decision.decide`` on ``probs`` (n, K) with threshold t for
     every edge-tier model (0 for cloud models), one-hot (n, K). Raising t makes fewer edge models
     eligible, so larger t is more conservative."""
-    from .runtime import decide
+    from .core.decision import decide
 
     k = probs.shape[1]
 
@@ -289,7 +289,7 @@ def fixed_policy_check(losses: np.ndarray, eps: float, resplits: int = 200, cal_
                        seed: int = 0, edge: np.ndarray | None = None) -> dict:
     """The deployed policy itself on the test parts of ``resplit_check``'s resplits (the same halves
     for the same ``resplits``, ``cal_fraction`` and ``seed``): no recalibration, the policy is fixed (e.g.
-    the manifest's exact thresholds and lambdas through ``runtime.decide``). ``losses`` float (n,) its
+    the manifest's exact thresholds and lambdas through ``decision.decide``). ``losses`` float (n,) its
     per-sample losses against all-cloud in [-1, 1] (``per_sample_loss``); ``edge`` optional (n,) 0/1,
     whether it sends each sample to an edge model.
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from . import backends, data, fit, outcomes, tune
 from .config import Config
 from .core import features
+from .core.decision import CostSpec
 from .core.splits import SplitArrays
 from .runtime import Router
 
@@ -237,7 +238,8 @@ def stage_fit(cfg: Config, force: bool = False, loggers: bool = True):
     """Train the router, or load it when it was trained with the same ``fit_settings``. The best epoch
     is chosen on router-val, or in guarantee mode (``tune.guarantee``) on a seeded fifth of router-train,
     so that router-val stays exchangeable with new data for the calibration. Returns (module, spec);
-    spec holds the cost spec, normalisation and those settings."""
+    spec holds the cost spec (``CostSpec.to_dict``'s keys; ``CostSpec.from_dict(spec)`` reads it), the
+    normalisation ("features") and those settings ("settings")."""
     out = cfg.path("checkpoints") / "router"
     spec_path = out / "spec.json"
     wanted = fit_settings(cfg)
@@ -247,12 +249,12 @@ def stage_fit(cfg: Config, force: bool = False, loggers: bool = True):
             return fit.RouterModule.load_from_checkpoint(out / "best.ckpt", weights_only=False).eval(), spec
         log.info("router settings changed since the last fit: refitting")
     table, splits = load_splits(cfg)
-    spec = fit.cost_spec(splits["router-train"], table, cfg)
-    spec["settings"] = wanted
+    cost = fit.cost_spec(splits["router-train"], table, cfg)
+    spec = {**cost.to_dict(), "settings": wanted}
     train, val = splits["router-train"], splits["router-val"]
     if cfg.tune.guarantee:
         train, val = train.holdout(0.2, cfg.router.seed)
-    module, dm = fit.fit(train, val, spec, cfg.router, out, loggers=loggers)
+    module, dm = fit.fit(train, val, cost, cfg.router, out, loggers=loggers)
     spec["features"] = dm.stats  # mean, floored std, training range, OOD limit (``ood.stats``)
     spec_path.write_text(json.dumps(spec, indent=2))
     return module, spec
@@ -296,16 +298,17 @@ def stage_tune(cfg: Config, force: bool = False) -> dict:
         except KeyError:
             pass
     cloud = cloud_index(cfg, splits["router-train"])
+    cost = CostSpec.from_dict(spec)
     if cfg.tune.guarantee:
-        decision = tune.calibrated(predict(module, spec, val.x), val, spec, cfg.tiers, cloud, cfg.tune.guarantee,
+        decision = tune.calibrated(predict(module, spec, val.x), val, cost, cfg.tiers, cloud, cfg.tune.guarantee,
                                    cfg.router.lambda_latency, cfg.router.lambda_energy, models=cfg.model_names)
     else:
         probs = predict(module, spec, val.x)
-        decision = tune.tune(probs, val, spec, cfg.tiers, cloud, cfg.tune, db, name,
+        decision = tune.tune(probs, val, cost, cfg.tiers, cloud, cfg.tune, db, name,
                              start={"lambda_latency": cfg.router.lambda_latency,
                                     "lambda_energy": cfg.router.lambda_energy}, models=cfg.model_names)
         # with a latency budget: thresholds tuned per uplink, which the runtime picks by the current estimate
-        grid = tune.grid_for_run(probs, table, stage_features(cfg), spec, cfg, cloud, name, start=decision.get("params"))
+        grid = tune.grid_for_run(probs, table, stage_features(cfg), cost, cfg, cloud, name, start=decision.get("params"))
         if grid:
             decision["network_grid"] = grid
     decision["study"] = name

@@ -12,9 +12,9 @@ from typing import Callable
 
 import numpy as np
 
+from .core.decision import decide
 from .core.splits import SplitArrays
 from .metrics import core_metrics
-from .runtime import decide
 
 POLICIES: dict[str, Callable] = {}
 
@@ -68,7 +68,7 @@ def oracle(cost: str = "latency_s"):
 @register("router")
 def router(probs: Callable[[SplitArrays], np.ndarray], thresholds, lambda_latency: float, lambda_energy: float,
            ref_latency_s: float, ref_energy_j: float, expected_latency_s, expected_energy_j):
-    """The learned router: ``probs(split)`` gives P(correct) (n, K); the rest is ``runtime.decide``."""
+    """The learned router: ``probs(split)`` gives P(correct) (n, K); the rest is ``decision.decide``."""
     def assign(s: SplitArrays):
         idx = decide(probs(s), expected_latency_s, expected_energy_j, thresholds, lambda_latency,
                      lambda_energy, ref_latency_s, ref_energy_j)

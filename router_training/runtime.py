@@ -4,11 +4,8 @@ An artifact folder holds ``router.onnx`` (standardised features -> per-model pro
 answer) and ``manifest.json`` (feature names and normalisation, models with tiers and mean compute
 time / payload, decision thresholds and lambdas, deployment profile, versions, the ONNX file's sha256).
 
-Decision rule (``decide``): each model m gets the predicted cost
-``-p_m + lambda_latency * L_m / L_ref + lambda_energy * E_m / E_ref`` where L_m, E_m are the model's
-expected latency (s) and energy (J) under the current deployment profile and L_ref, E_ref those of the
-all-cloud policy; models whose p_m is below their threshold are not eligible (cloud models always are);
-the eligible model with the lowest predicted cost is chosen. A manifest may also hold ``network_grid``:
+Decision rule: ``core.decision`` (``DecisionRule`` with the manifest's ``CostSpec``), the expected
+latency and energy under the current deployment profile. A manifest may also hold ``network_grid``:
 thresholds and lambdas tuned on router-val per uplink (``tune.tune_grid``); the rule then uses those of
 the current uplink (``Router.decision_at``). The cloud's expected cost uses a query's own payload when
 the caller gives it (the gateway: the request body), else the manifest's mean.
@@ -16,7 +13,6 @@ the caller gives it (the gateway: the request body), else the manifest's mean.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -26,45 +22,10 @@ import numpy as np
 from PIL import Image
 
 from .core import features, images, ood
-from .core.profile import DeploymentProfile
+from .core.decision import CostSpec, DecisionRule
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "router.onnx"
-# A threshold no predicted P(correct) (a probability, at most 1) ever reaches: the model it is given is
-# never eligible. Tuning uses it to deploy "every query to one cloud model" with thresholds alone: that
-# model's threshold 0, every other model's NEVER_THRESHOLD.
-NEVER_THRESHOLD = 1.01
-
-
-def decide(probs: np.ndarray, latency_s: np.ndarray, energy_j: np.ndarray, thresholds: np.ndarray,
-           lambda_latency: float, lambda_energy: float, ref_latency_s: float, ref_energy_j: float) -> np.ndarray:
-    """Route a batch. ``probs`` float (n, K) predicted P(correct); ``latency_s``, ``energy_j`` float (K,)
-    or (n, K) expected cost per model; ``thresholds`` float (K,) (0 for cloud models).
-    Returns int64 (n,) indices into the model list. Raises ValueError when no model is ever eligible."""
-    probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    if not (thresholds <= 0).any():
-        raise ValueError("at least one model (a cloud model) must have threshold 0 so every query has a route")
-    cost = (-probs + lambda_latency * np.asarray(latency_s) / ref_latency_s
-            + lambda_energy * np.asarray(energy_j) / ref_energy_j)
-    cost = np.where(probs >= thresholds, cost, np.inf)
-    return cost.argmin(axis=1)
-
-
-def expected_costs(manifest: dict, profile: DeploymentProfile,
-                   payload_bytes: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-model expected latency (s) and energy (J), float64 (K,), from the manifest's mean compute
-    time and payload under ``profile``. ``payload_bytes`` (a scalar, or (n,) for n queries: then the
-    arrays are (n, K)), when given, is what each query really sends off-device and replaces the
-    manifest's mean payload of every model."""
-    models = manifest["models"]
-    tiers, compute = [m["tier"] for m in models], [m["mean_compute_s"] for m in models]
-    if payload_bytes is None:
-        return profile.cost(tiers, compute, [m["mean_payload_bytes"] for m in models])
-    payload = np.asarray(payload_bytes, dtype=np.float64)
-    if profile.request_bytes is not None:  # the query's own size beats the profile's planning figure
-        profile = dataclasses.replace(profile, request_bytes=None)
-    return profile.cost(tiers, compute, payload[..., None] if payload.ndim else payload)
 
 
 @dataclass
@@ -104,13 +65,14 @@ class Router:
         self.tiers = [m["tier"] for m in manifest["models"]]
         self.mean = np.asarray(manifest["features"]["mean"], dtype=np.float32)
         self.std = np.asarray(manifest["features"]["std"], dtype=np.float32)
-        self.profile = DeploymentProfile.from_dict(manifest["profile"])
-        self._costs = expected_costs(manifest, self.profile)  # at the profile's own network figures
-        self._thresholds = np.asarray(manifest["decision"]["thresholds"], dtype=np.float64)
+        self.cost = CostSpec.from_dict(manifest)
+        self.profile = self.cost.profile
+        self.rule = DecisionRule.from_dict(manifest["decision"])
+        self._costs = self.cost.costs()  # at the profile's own network figures
         self._input = session.get_inputs()[0].name
         # thresholds tuned on router-val per uplink (tune.tune_grid), ascending; [] = the decision's alone
         self._grid = sorted(manifest.get("network_grid") or [], key=lambda g: g["uplink_mbps"])
-        self._grid_thresholds = [np.asarray(g["thresholds"], dtype=np.float64) for g in self._grid]
+        self._grid_rules = [DecisionRule.from_dict(g) for g in self._grid]
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":
@@ -150,30 +112,25 @@ class Router:
         x = ((np.atleast_2d(feats) - self.mean) / self.std).astype(np.float32)
         return self.session.run(None, {self._input: x})[0]
 
-    def decision_at(self, uplink_mbps: float | None = None) -> tuple[np.ndarray, float, float]:
-        """(thresholds (K,), lambda_latency, lambda_energy) in force at ``uplink_mbps`` (Mbit/s; None:
-        the profile's). Without a ``network_grid`` in the manifest: the decision's own. With one (thresholds
-        tuned on router-val per uplink): the entry of the largest grid uplink not above ``uplink_mbps``
-        (the smallest entry below the grid), so a target met at that uplink (a latency budget) holds at
-        any faster one."""
-        d = self.manifest["decision"]
+    def decision_at(self, uplink_mbps: float | None = None) -> DecisionRule:
+        """The decision rule in force at ``uplink_mbps`` (Mbit/s; None: the profile's). Without a
+        ``network_grid`` in the manifest: the decision's own. With one (thresholds tuned on router-val per
+        uplink): the entry of the largest grid uplink not above ``uplink_mbps`` (the smallest entry below
+        the grid), so a target met at that uplink (a latency budget) holds at any faster one."""
         if not self._grid or uplink_mbps is None:
-            return self._thresholds, d["lambda_latency"], d["lambda_energy"]
+            return self.rule
         k = max([i for i, g in enumerate(self._grid) if g["uplink_mbps"] <= uplink_mbps], default=0)
-        g = self._grid[k]
-        return self._grid_thresholds[k], g["lambda_latency"], g["lambda_energy"]
+        return self._grid_rules[k]
 
     def decide(self, probs: np.ndarray, uplink_mbps: float | None = None, rtt_s: float | None = None,
                payload_bytes: float | np.ndarray | None = None) -> np.ndarray:
         """Model indices (n,) for predicted probabilities (n, K); the current uplink (Mbit/s) and
-        round trip (s), when given, replace the profile's (and choose the thresholds: ``decision_at``);
+        round trip (s), when given, replace the profile's (and choose the rule: ``decision_at``);
         ``payload_bytes`` (scalar or (n,)), when given, is what each query sends to a cloud model,
         replacing the manifest's mean payload in the cloud's expected cost."""
-        d = self.manifest["decision"]
         lat, en = (self._costs if uplink_mbps is None and rtt_s is None and payload_bytes is None
-                   else expected_costs(self.manifest, self.profile.with_network(uplink_mbps, rtt_s), payload_bytes))
-        thresholds, lambda_latency, lambda_energy = self.decision_at(uplink_mbps)
-        return decide(probs, lat, en, thresholds, lambda_latency, lambda_energy, d["ref_latency_s"], d["ref_energy_j"])
+                   else self.cost.costs(self.profile.with_network(uplink_mbps, rtt_s), payload_bytes))
+        return self.decision_at(uplink_mbps).choose(probs, self.cost, lat, en)
 
     def route(self, image: Image.Image | str | Path, question: str, uplink_mbps: float | None = None,
               rtt_s: float | None = None, payload_bytes: float | None = None) -> Decision:

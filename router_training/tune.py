@@ -19,7 +19,7 @@ Each edge model's threshold is searched over the predicted P(correct) actually o
 probabilities in a narrow band (say all below 0.3), where a fixed range would hold no useful threshold.
 
 When no trial meets the floor, every query goes to the most accurate cloud model on router-val
-(``single_model_decision``: that model's threshold 0, every other one ``runtime.NEVER_THRESHOLD``), so
+(``DecisionRule.single_model``: that model's threshold 0, every other one ``NEVER_THRESHOLD``), so
 the runtime needs no special case; when no trial meets a budget, the fastest trial is deployed. The
 decision dict then says ``target_met`` False and what was ``deployed``.
 
@@ -38,30 +38,31 @@ import optuna
 
 from . import policies
 from .config import GuaranteeConfig, TuneConfig
+from .core.decision import CostSpec, DecisionRule
 from .core.profile import DeploymentProfile
 from .core.splits import SplitArrays
-from .runtime import NEVER_THRESHOLD, expected_costs
 
 log = logging.getLogger(__name__)
 
 
 def decision_params(trial_params: dict, tiers: list[str]) -> dict:
-    """Optuna parameters -> decision dict (thresholds per model, 0 for cloud models; lambdas)."""
-    return {"thresholds": [trial_params.get(f"threshold_{k}", 0.0) if t == "edge" else 0.0
-                           for k, t in enumerate(tiers)],
-            "lambda_latency": trial_params["lambda_latency"], "lambda_energy": trial_params["lambda_energy"]}
+    """Optuna parameters -> decision dict (``DecisionRule.to_dict``: thresholds per model, 0 for cloud
+    models; lambdas)."""
+    return DecisionRule(tuple(trial_params.get(f"threshold_{k}", 0.0) if t == "edge" else 0.0
+                              for k, t in enumerate(tiers)),
+                        trial_params["lambda_latency"], trial_params["lambda_energy"]).to_dict()
 
 
-def evaluate(decision: dict, probs: np.ndarray, split: SplitArrays, spec: dict, tiers: list[str], cloud: int,
+def evaluate(decision: dict, probs: np.ndarray, split: SplitArrays, cost: CostSpec, tiers: list[str], cloud: int,
              profile: DeploymentProfile | None = None, payload_bytes: np.ndarray | None = None) -> dict:
     """Metrics (``policies.metrics``) of the router with ``decision`` on a split whose predictions are
     ``probs`` (n, K) and whose realised costs are the split's; the decision rule's expected costs are
-    ``expected_costs`` under ``profile`` (default the spec's) with ``payload_bytes`` (n,) per query when
+    ``cost.costs`` under ``profile`` (default the spec's) with ``payload_bytes`` (n,) per query when
     given, else the spec's mean payloads."""
-    lat, en = expected_costs(spec, profile or DeploymentProfile.from_dict(spec["profile"]), payload_bytes)
+    lat, en = cost.costs(profile, payload_bytes)
     assign = policies.make("router", probs=lambda s: probs, expected_latency_s=lat, expected_energy_j=en,
-                           ref_latency_s=spec["ref_latency_s"], ref_energy_j=spec["ref_energy_j"],
-                           **decision)(split)
+                           ref_latency_s=cost.ref_latency_s, ref_energy_j=cost.ref_energy_j,
+                           **DecisionRule.from_dict(decision).to_dict())(split)
     return policies.metrics(assign, split, tiers, cloud)
 
 
@@ -99,15 +100,7 @@ def best_cloud_model(val: SplitArrays, tiers: list[str], cloud: int) -> int:
     return max(clouds, key=lambda k: (float(val.score[:, k].mean()), k == cloud, -k))
 
 
-def single_model_decision(model: int, n_models: int, lambda_latency: float = 0.0,
-                          lambda_energy: float = 0.0) -> dict:
-    """A decision that sends every query to model index ``model`` through thresholds alone: 0 for it,
-    ``NEVER_THRESHOLD`` (never reached by a probability) for every other model."""
-    return {"thresholds": [0.0 if k == model else NEVER_THRESHOLD for k in range(n_models)],
-            "lambda_latency": lambda_latency, "lambda_energy": lambda_energy}
-
-
-def tune(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str], cloud: int, tc: TuneConfig,
+def tune(probs: np.ndarray, val: SplitArrays, cost: CostSpec, tiers: list[str], cloud: int, tc: TuneConfig,
          storage: Path | None, study_name: str, start: dict | None = None, *, models: list[str],
          profile: DeploymentProfile | None = None, payload_bytes: np.ndarray | None = None) -> dict:
     """Run (or resume) the study in SQLite file ``storage`` (None: in memory, not resumable, and about 40x
@@ -124,7 +117,7 @@ def tune(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str], clou
     Returns the best feasible decision dict (thresholds, lambdas) plus ``trial`` (number),
     ``params`` (the trial's Optuna parameters), ``val_metrics``, ``target_met`` True and ``deployed``
     "router". When no trial meets the target: under a floor, every query to the most accurate cloud
-    model on router-val (``single_model_decision``), ``trial`` None; under a budget, the fastest trial;
+    model on router-val (``DecisionRule.single_model``), ``trial`` None; under a budget, the fastest trial;
     ``target_met`` False, ``deployed`` a sentence naming what was deployed and the target, and a warning.
     """
     n_val = len(val.score)
@@ -143,7 +136,7 @@ def tune(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str], clou
         params = {f"threshold_{k}": trial.suggest_float(f"threshold_{k}", lo, hi) for k, (lo, hi) in ranges.items()}
         params["lambda_latency"] = trial.suggest_float("lambda_latency", 0.0, 2.0)
         params["lambda_energy"] = trial.suggest_float("lambda_energy", 0.0, 2.0)
-        m = evaluate(decision_params(params, tiers), probs, val, spec, tiers, cloud, profile, payload_bytes)
+        m = evaluate(decision_params(params, tiers), probs, val, cost, tiers, cloud, profile, payload_bytes)
         trial.set_user_attr("accuracy", m["accuracy"])
         trial.set_user_attr("edge_share", m["edge_share"])
         trial.set_user_attr("mean_latency_s", m["mean_latency_s"])
@@ -175,7 +168,7 @@ def tune(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str], clou
     if not feasible and budget is not None and done:
         best = min(done, key=lambda t: t.user_attrs["mean_latency_s"])
         decision = decision_params(best.params, tiers)
-        val_m = evaluate(decision, probs, val, spec, tiers, cloud, profile, payload_bytes)
+        val_m = evaluate(decision, probs, val, cost, tiers, cloud, profile, payload_bytes)
         deployed = (f"the fastest trial found (mean latency {1e3 * val_m['mean_latency_s']:.1f} ms on router-val; "
                     f"no trial met {tc.target_text()})")
         log.warning("no trial met %s on router-val (%d trials): deploying %s", tc.target_text(), len(done), deployed)
@@ -187,9 +180,9 @@ def tune(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str], clou
                     f"{tc.target_text()})")
         log.warning("no trial met %s on router-val (all-cloud accuracy %.4f, floor %.4f, %d trials): deploying %s",
                     tc.target_text(), cloud_acc, floor, len(study.trials), deployed)
-        decision = single_model_decision(best, len(tiers))
+        decision = DecisionRule.single_model(best, len(tiers)).to_dict()
         return {**decision, "trial": None, "params": None,
-                "val_metrics": evaluate(decision, probs, val, spec, tiers, cloud, profile, payload_bytes),
+                "val_metrics": evaluate(decision, probs, val, cost, tiers, cloud, profile, payload_bytes),
                 "target_met": False, "deployed": deployed}
     if budget is not None:  # the best accuracy, then the lower latency
         best = min(feasible, key=lambda t: (round(t.value, 12), t.user_attrs.get("mean_latency_s", 0.0)))
@@ -197,11 +190,11 @@ def tune(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str], clou
         best = min(feasible, key=lambda t: t.value)
     decision = decision_params(best.params, tiers)
     return {**decision, "trial": best.number, "params": best.params,
-            "val_metrics": evaluate(decision, probs, val, spec, tiers, cloud, profile, payload_bytes),
+            "val_metrics": evaluate(decision, probs, val, cost, tiers, cloud, profile, payload_bytes),
             "target_met": True, "deployed": "router"}
 
 
-def tune_grid(probs: np.ndarray, val_at: dict, spec: dict, tiers: list[str], cloud: int, tc: TuneConfig,
+def tune_grid(probs: np.ndarray, val_at: dict, cost: CostSpec, tiers: list[str], cloud: int, tc: TuneConfig,
               storage: Path | None, study_name: str, start: dict | None = None, *, models: list[str],
               payload_bytes: np.ndarray | None = None) -> list[dict]:
     """Thresholds tuned on router-val at each uplink of ``val_at`` ({uplink Mbit/s: router-val SplitArrays
@@ -212,10 +205,10 @@ def tune_grid(probs: np.ndarray, val_at: dict, spec: dict, tiers: list[str], clo
     ``start``). Returns the manifest's ``network_grid``: ascending by uplink, one dict each with
     ``uplink_mbps``, ``thresholds``, ``lambda_latency``, ``lambda_energy``, ``target_met``, ``trial`` and
     ``val_metrics`` (accuracy, edge_share, mean_latency_s, mean_energy_j)."""
-    base = DeploymentProfile.from_dict(spec["profile"])
+    base = cost.profile
     grid, params = [], dict(start or {})
     for u in sorted(val_at):
-        d = tune(probs, val_at[u], spec, tiers, cloud, tc, storage, f"{study_name}-uplink-{u:g}", params or None,
+        d = tune(probs, val_at[u], cost, tiers, cloud, tc, storage, f"{study_name}-uplink-{u:g}", params or None,
                  models=models, profile=base.with_network(uplink_mbps=u), payload_bytes=payload_bytes)
         params = dict(d["params"] or {})
         m = d["val_metrics"]
@@ -227,7 +220,7 @@ def tune_grid(probs: np.ndarray, val_at: dict, spec: dict, tiers: list[str], clo
     return grid
 
 
-def calibrated(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str], cloud: int, gc: GuaranteeConfig,
+def calibrated(probs: np.ndarray, val: SplitArrays, cost: CostSpec, tiers: list[str], cloud: int, gc: GuaranteeConfig,
                lambda_latency: float, lambda_energy: float, *, models: list[str]) -> dict:
     """Guarantee mode: the edge threshold by Learn then Test on router-val (``guarantee.calibrate_router``,
     grid ``guarantee.DEFAULT_GRID``), the lambdas given (the router section's: chosen without router-val,
@@ -235,34 +228,33 @@ def calibrated(probs: np.ndarray, val: SplitArrays, spec: dict, tiers: list[str]
     ``guarantee`` (eps, delta, transform, certified, the threshold's router-val loss and p-value, n),
     ``target_met`` (whether a threshold was certified) and ``deployed`` ("router", or a sentence naming
     the model and the guarantee). When nothing is certified every query goes to the most accurate cloud
-    model on router-val (``single_model_decision``): when that is the all-cloud reference ``cloud`` (as
+    model on router-val (``DecisionRule.single_model``): when that is the all-cloud reference ``cloud`` (as
     usual) its loss against all-cloud is 0 on every query, which meets any eps; another cloud model is
     not covered by the guarantee (its loss against the reference is only measured)."""
     from . import guarantee
 
-    lat, en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
+    lat, en = cost.costs()
     res = guarantee.calibrate_router(probs, val.score, tiers, cloud, gc.eps, gc.delta, lat, en, lambda_latency,
-                                     lambda_energy, spec["ref_latency_s"], spec["ref_energy_j"],
+                                     lambda_energy, cost.ref_latency_s, cost.ref_energy_j,
                                      transform=gc.transform)
     info = {"eps": gc.eps, "delta": gc.delta, "transform": gc.transform, "certified": res.certified, "n": res.n,
             "val_loss": float(res.val_loss[res.index]) if res.certified else None,
             "p_value": float(res.p_values[res.index]) if res.certified else None}
     if res.certified:
-        decision = {"thresholds": [res.threshold if tier == "edge" else 0.0 for tier in tiers],
-                    "lambda_latency": lambda_latency, "lambda_energy": lambda_energy}
+        decision = DecisionRule.edge_threshold(res.threshold, tiers, lambda_latency, lambda_energy).to_dict()
         deployed = "router"
     else:
         best = best_cloud_model(val, tiers, cloud)
-        decision = single_model_decision(best, len(tiers), lambda_latency, lambda_energy)
+        decision = DecisionRule.single_model(best, len(tiers), lambda_latency, lambda_energy).to_dict()
         deployed = (f"every query to {models[best]} (the most accurate cloud model on router-val; no edge threshold "
                     f"certified by Learn then Test at eps {gc.eps:g}, delta {gc.delta:g}, {gc.transform} losses)")
         log.warning("no edge threshold certified at eps %.3f, delta %.2f on %d router-val samples: deploying %s",
                     gc.eps, gc.delta, res.n, deployed)
-    return {**decision, "trial": None, "val_metrics": evaluate(decision, probs, val, spec, tiers, cloud),
+    return {**decision, "trial": None, "val_metrics": evaluate(decision, probs, val, cost, tiers, cloud),
             "guarantee": info, "target_met": res.certified, "deployed": deployed}
 
 
-def grid_for_run(probs: np.ndarray, table, feats, spec: dict, cfg, cloud: int, study_name: str,
+def grid_for_run(probs: np.ndarray, table, feats, cost: CostSpec, cfg, cloud: int, study_name: str,
                  start: dict | None = None) -> list[dict]:
     """The pipeline's call: ``tune_grid`` at ``cfg.tune.grid()``'s uplinks on router-val (``network_splits``
     of the outcome ``table`` and feature table ``feats`` under ``cfg.profile``), studies in memory;
@@ -272,4 +264,4 @@ def grid_for_run(probs: np.ndarray, table, feats, spec: dict, cfg, cloud: int, s
     if not uplinks or cfg.tune.guarantee:
         return []
     val_at, _ = network_splits(table, feats, cfg.profile, cfg.model_names, cloud, uplinks)
-    return tune_grid(probs, val_at, spec, cfg.tiers, cloud, cfg.tune, None, study_name, start, models=cfg.model_names)
+    return tune_grid(probs, val_at, cost, cfg.tiers, cloud, cfg.tune, None, study_name, start, models=cfg.model_names)

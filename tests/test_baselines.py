@@ -305,7 +305,7 @@ def test_every_baseline_runs_on_real_outcomes(tiny_run):
     train, val, test = (splits[k] for k in pipeline.SPLITS)
     cloud = pipeline.cloud_index(cfg, train)
     ctx = B.Context(cfg.tiers, cloud, questions=B.questions_by_sample(cfg), val=val,
-                    spec=fit.cost_spec(train, table, cfg), router_config=cfg.router, epochs=3)
+                    cost_spec=fit.cost_spec(train, table, cfg), router_config=cfg.router, epochs=3)
     few = {"epochs": 20}
     res = B.compare(train, test, ctx, n=11, options={k: few for k in ("minilm_clf", "mf", "hybrid_det", "hybrid_soft")},
                     models=cfg.model_names)

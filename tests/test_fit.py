@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from router_training.config import RouterConfig
 from router_training.core.features import FEATURE_NAMES
+from router_training.core.decision import CostSpec
 from router_training.core.splits import SplitArrays
 from router_training.fit import RouterModule, fit, predict
 
@@ -16,6 +17,7 @@ SPEC = {"models": [{"name": "e", "tier": "edge", "mean_compute_s": 0.01, "mean_p
         "profile": {"name": "p", "edge_power_w": 10, "idle_power_w": 3, "radio_tx_power_w": 2,
                     "uplink_mbps": 10, "downlink_mbps": 50, "rtt_s": 0.05},
         "ref_latency_s": 0.1, "ref_energy_j": 0.3}
+COST = CostSpec.from_dict(SPEC)
 
 
 def synthetic(n, seed):
@@ -70,7 +72,7 @@ def test_an_ensemble_averages_its_members_probabilities_and_trains_each_on_its_o
 
 def test_fit_learns_when_the_edge_model_is_right(tmp_path):
     train, val = synthetic(2000, 0), synthetic(500, 1)
-    module, dm = fit(train, val, SPEC, RouterConfig(epochs=15, hidden=[32], batch_size=64), tmp_path, loggers=False,
+    module, dm = fit(train, val, COST, RouterConfig(epochs=15, hidden=[32], batch_size=64), tmp_path, loggers=False,
                      progress=False)
     p = predict(module, dm, val.x)
     assert p.shape == (500, 2) and p.dtype == np.float32
@@ -82,7 +84,7 @@ def test_fit_learns_when_the_edge_model_is_right(tmp_path):
 
 def test_fit_logs_to_csv_and_offline_wandb(tmp_path):
     train, val = synthetic(300, 0), synthetic(100, 1)
-    fit(train, val, SPEC, RouterConfig(epochs=2, hidden=[8]), tmp_path, loggers=True, progress=False)
+    fit(train, val, COST, RouterConfig(epochs=2, hidden=[8]), tmp_path, loggers=True, progress=False)
     metrics = list((tmp_path / "logs").rglob("metrics.csv"))
     assert metrics and "val_loss" in metrics[0].read_text().splitlines()[0]
     assert list((tmp_path / "wandb").glob("offline-run-*"))
@@ -107,13 +109,13 @@ def blob_split(n, seed):
 def test_the_thumbnail_cnn_learns_what_only_the_pixels_show(tmp_path):
     train, val = blob_split(1500, 0), blob_split(400, 1)
     rc = RouterConfig(epochs=12, hidden=[16], batch_size=64)
-    module, dm = fit(train, val, SPEC, rc, tmp_path, loggers=False, progress=False)
+    module, dm = fit(train, val, COST, rc, tmp_path, loggers=False, progress=False)
     assert module.net.members[0].cnn is not None and module.net.n_signals == len(FEATURE_NAMES) - 32 * 32 * 3
     p = predict(module, dm, val.x)[:, 0]
     red = val.score[:, 0] == 1
     assert p[red].mean() > 0.8 and p[~red].mean() < 0.2
     # without the thumbnail (image_embedding 0) the same data teaches nothing about the colour
-    module, dm = fit(train, val, SPEC, RouterConfig(epochs=12, hidden=[16], batch_size=64, image_embedding=0),
+    module, dm = fit(train, val, COST, RouterConfig(epochs=12, hidden=[16], batch_size=64, image_embedding=0),
                      tmp_path / "mlp", loggers=False, progress=False)
     assert module.net.members[0].cnn is None
     p = predict(module, dm, val.x)[:, 0]
@@ -130,13 +132,13 @@ def test_fit_stops_early_when_validation_loss_stops_improving(tmp_path):
         s.score[:, 0] = rng.random(len(s)) < 0.5  # noise: nothing to learn
     rc = RouterConfig(epochs=60, hidden=[256, 256], dropout=0.0, lr=1e-2, batch_size=32, patience=3,
                       image_embedding=0)
-    module, _ = fit(train, val, SPEC, rc, tmp_path, loggers="csv", progress=False)
+    module, _ = fit(train, val, COST, rc, tmp_path, loggers="csv", progress=False)
     import pandas as pd
 
     log = pd.read_csv(next(tmp_path.glob("logs/*/metrics.csv"))).dropna(subset=["val_loss"])
     epochs = log["epoch"].to_numpy()
     best = int(epochs[log["val_loss"].to_numpy().argmin()])
     assert epochs.max() == best + 3 < 59  # stopped 3 epochs after the best, long before 60
-    fit(train, val, SPEC, RouterConfig(**{**rc.__dict__, "patience": 0, "epochs": 8}), tmp_path / "all",
+    fit(train, val, COST, RouterConfig(**{**rc.__dict__, "patience": 0, "epochs": 8}), tmp_path / "all",
                   loggers="csv", progress=False)
     assert pd.read_csv(next((tmp_path / "all").glob("logs/*/metrics.csv")))["epoch"].max() == 7  # 0: never stops

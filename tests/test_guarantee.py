@@ -14,7 +14,8 @@ from router_training.config import TuneConfig
 from router_training.core.features import FEATURE_NAMES, FEATURE_VERSION
 from router_training.core.splits import SplitArrays
 from router_training.core.profile import DeploymentProfile
-from router_training.runtime import NEVER_THRESHOLD, Router
+from router_training.core.decision import NEVER_THRESHOLD
+from router_training.runtime import Router
 
 
 # ---------------------------------------------------------------------------------------------- p-values

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from router_training.config import RouterConfig
 from router_training.core import features as F, images, ood
+from router_training.core.decision import CostSpec
 from router_training.core.splits import SplitArrays
 from router_training.fit import fit
 
@@ -72,7 +73,7 @@ def artifact(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ood")
     train, val = split(*easyvqa(200), 0), split(*easyvqa(60, 200), 1)
-    module, dm = fit(train, val, SPEC, RouterConfig(epochs=4, hidden=[32]), out / "fit", loggers=False,
+    module, dm = fit(train, val, CostSpec.from_dict(SPEC), RouterConfig(epochs=4, hidden=[32]), out / "fit", loggers=False,
                      progress=False)
     spec = {**SPEC, "features": dm.stats}
     decision = {"thresholds": [0.5, 0.0], "lambda_latency": 0.2, "lambda_energy": 0.0}

@@ -5,7 +5,7 @@ import pytest
 
 from router_training import policies as P
 from router_training.core.splits import SplitArrays
-from router_training.runtime import NEVER_THRESHOLD, decide
+from router_training.core.decision import NEVER_THRESHOLD, decide
 
 TIERS = ["edge", "edge", "cloud"]
 CLOUD = 2

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 from router_training import config, fit, search
 from router_training.config import RouterConfig, SearchConfig
 from router_training.core.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, WORD_FEATURES
+from router_training.core.decision import CostSpec
 from router_training.core.splits import SplitArrays
 from router_training.runtime import Router
 
@@ -263,7 +264,7 @@ def test_single_mode_maximises_edge_share_under_the_floor_on_router_val(byod, tm
     from router_training import pipeline, tune
 
     probs = pipeline.predict(module, spec, val.x)  # raw features: the masked columns are ignored
-    m = tune.evaluate(best.user_attrs["decision"], probs, val, spec, cfg.tiers, 1)
+    m = tune.evaluate(best.user_attrs["decision"], probs, val, CostSpec.from_dict(spec), cfg.tiers, 1)
     assert m["accuracy"] == pytest.approx(best.user_attrs["accuracy"])
     assert m["edge_share"] == pytest.approx(best.value)
     # outputs
@@ -347,8 +348,7 @@ def test_multi_mode_front_plots_and_export_of_a_picked_trial(byod, tmp_path):
     table, feats = _tables(cfg)
     val = fit.split_arrays(table, feats, cfg.model_names, "router-val")
     probs = router.predict(val.x)
-    spec = {**router.manifest, **{k: router.manifest["decision"][k] for k in ("ref_latency_s", "ref_energy_j")}}
-    m = tune.evaluate(t.user_attrs["decision"], probs, val, spec, cfg.tiers, 1)
+    m = tune.evaluate(t.user_attrs["decision"], probs, val, router.cost, cfg.tiers, 1)
     assert m["accuracy"] == pytest.approx(t.user_attrs["accuracy"], abs=1e-6)
     assert m["mean_latency_s"] == pytest.approx(t.user_attrs["mean_latency_s"], rel=1e-6)
     # masked feature groups: the exported router ignores those features
@@ -583,7 +583,7 @@ def test_scorer_sweep_matches_the_decision_rule_threshold_by_threshold():
                         "uplink_mbps": 10, "downlink_mbps": 50, "rtt_s": 0.05},
             "ref_latency_s": 1.0, "ref_energy_j": 1.0}
     probs = np.stack([p_edge, np.full(n, 0.8)], 1)
-    scorer = search.Scorer(val, spec, ["edge", "cloud"], 1, "single", 0.9, grid=51)
+    scorer = search.Scorer(val, CostSpec.from_dict(spec), ["edge", "cloud"], 1, "single", 0.9, grid=51)
     ts = scorer.thresholds(probs)
     assert ts[0] == 0.0 and ts[-1] > 1 and len([t for t in ts if 0.05 <= t <= 0.25]) >= 45
     d, m = scorer.best(probs, [(1.0, 0.0)])  # lambda_latency 1: an eligible edge model is cheaper than the cloud
@@ -602,9 +602,9 @@ def test_scorer_sweep_matches_the_decision_rule_threshold_by_threshold():
 
 def test_scorer_sweep_equals_decide_at_every_threshold_with_two_edge_models():
     """``Scorer._sweep`` (step functions over the edge probabilities) gives, for every threshold and
-    lambda pair, the accuracy, edge share and mean latency of ``runtime.decide`` run at that threshold,
+    lambda pair, the accuracy, edge share and mean latency of ``decision.decide`` run at that threshold,
     with ties in P(correct) and in cost included."""
-    from router_training.runtime import decide
+    from router_training.core.decision import decide
 
     rng = np.random.default_rng(5)
     n, tiers = 300, ["edge", "edge", "cloud"]
@@ -618,7 +618,7 @@ def test_scorer_sweep_equals_decide_at_every_threshold_with_two_edge_models():
             "profile": {"name": "p", "edge_power_w": 10, "idle_power_w": 3, "radio_tx_power_w": 2,
                         "uplink_mbps": 10, "downlink_mbps": 50, "rtt_s": 0.05},
             "ref_latency_s": 1.0, "ref_energy_j": 1.0}
-    scorer = search.Scorer(val, spec, tiers, 2, "single", 0.9)
+    scorer = search.Scorer(val, CostSpec.from_dict(spec), tiers, 2, "single", 0.9)
     ts = np.asarray(scorer.thresholds(probs))
     for ll, le in [(0.0, 0.0), (0.5, 0.0), (0.0, 1.0), (2.0, 2.0)]:
         acc, share, latency = scorer._sweep(probs, ts, ll, le)

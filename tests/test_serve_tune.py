@@ -15,6 +15,7 @@ from router_training.evaluate import BANDWIDTHS_MBPS
 from router_training.core.features import FEATURE_NAMES, IMAGE_FEATURES
 from router_training.outcomes import COLUMNS
 from router_training.policies import metrics
+from router_training.core.decision import CostSpec
 from router_training.core.profile import DeploymentProfile
 from router_training.runtime import Router
 from router_training.tune import network_splits, tune, tune_grid
@@ -55,8 +56,8 @@ def test_budget_thresholds_per_uplink_move_the_edge_share(tmp_path):
     probs_val = Router.load(art).predict(ref.x)
     tc = TuneConfig(n_trials=100, max_latency_s=0.5)
     assert tc.grid() == list(BANDWIDTHS_MBPS) and "500 ms" in tc.target_text()
-    base = tune(probs_val, ref, spec, TIERS, 1, tc, None, "base", models=MODELS, payload_bytes=val_payload)
-    grid = tune_grid(probs_val, val_at, spec, TIERS, 1, tc, None, "budget", models=MODELS, payload_bytes=val_payload)
+    base = tune(probs_val, ref, CostSpec.from_dict(spec), TIERS, 1, tc, None, "base", models=MODELS, payload_bytes=val_payload)
+    grid = tune_grid(probs_val, val_at, CostSpec.from_dict(spec), TIERS, 1, tc, None, "budget", models=MODELS, payload_bytes=val_payload)
     assert [g["uplink_mbps"] for g in grid] == list(BANDWIDTHS_MBPS) and all(g["target_met"] for g in grid)
     assert all(g["val_metrics"]["mean_latency_s"] <= 0.5 + 1e-9 for g in grid)
     router = Router.load(export_known(tmp_path / "art", spec, base, {"name": "budget", "network_grid": grid}))
@@ -76,7 +77,7 @@ def test_budget_thresholds_per_uplink_move_the_edge_share(tmp_path):
     assert all(lat <= 0.5 * 1.15 for _, _, lat, _ in rows)  # the budget holds on unseen queries (within noise)
     assert rows[-1][3] > rows[0][3]  # and the fast network buys accuracy back
     # between grid points the runtime uses the slower point's thresholds, so the budget still holds
-    assert router.decision_at(3.0)[0].tolist() == router.decision_at(2.0)[0].tolist()
+    assert router.decision_at(3.0).thresholds == router.decision_at(2.0).thresholds
 
 
 def test_budget_config_is_validated():

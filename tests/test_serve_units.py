@@ -242,9 +242,9 @@ def test_router_uses_the_request_payload_and_the_grid_thresholds(tmp_path_factor
     probs = np.array([[0.30, 0.95], [0.97, 0.95]])  # edge-small below / above its profile threshold 0.6
     assert router.decide(probs).tolist() == [1, 0]
     # grid: below 5 Mbit/s the edge model is eligible for every query (threshold 0)
-    assert router.decision_at(1.5)[0].tolist() == [0.0, 0.0] and router.decision_at(5.0)[0].tolist() == [0.6, 0.0]
-    assert router.decision_at(0.1)[0].tolist() == [0.0, 0.0]  # below the grid: its slowest entry
-    assert router.decision_at(500)[0].tolist() == [0.6, 0.0]
+    assert router.decision_at(1.5).thresholds == (0.0, 0.0) and router.decision_at(5.0).thresholds == (0.6, 0.0)
+    assert router.decision_at(0.1).thresholds == (0.0, 0.0)  # below the grid: its slowest entry
+    assert router.decision_at(500).thresholds == (0.6, 0.0)
     small, large = 2_000, 400_000
     assert router.decide(probs, uplink_mbps=2.0, payload_bytes=small).tolist() == [1, 0]
     assert router.decide(probs, uplink_mbps=2.0, payload_bytes=large).tolist() == [0, 0]  # 1.6 s of upload
@@ -258,18 +258,17 @@ def test_router_uses_the_request_payload_and_the_grid_thresholds(tmp_path_factor
 def test_a_profile_request_size_replaces_collected_payloads_but_not_a_requests_own(tmp_path_factory):
     import yaml
 
+    from router_training.core.decision import CostSpec, ModelCost
     from router_training.core.profile import DeploymentProfile
-    from router_training.runtime import expected_costs
 
     camera = DeploymentProfile.from_dict(yaml.safe_load(open("configs/profiles/jetson_orin_lte_camera.yaml")))
     assert camera.request_bytes == 300_000 and camera.to_dict()["request_bytes"] == 300_000
     assert "request_bytes" not in DeploymentProfile.from_dict({**camera.to_dict(), "request_bytes": None}).to_dict()
     lat, _ = camera.cost(["edge", "cloud"], [0.01, 0.2], [0.0, 2_000.0])
     assert lat[1] == pytest.approx(0.05 + 300_000 * 8 / 10e6 + 512 * 8 / 50e6 + 0.2)
-    manifest = {"models": [{"tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 0.0},
-                           {"tier": "cloud", "mean_compute_s": 0.2, "mean_payload_bytes": 2_000.0}]}
-    assert expected_costs(manifest, camera)[0][1] == pytest.approx(lat[1])
-    own = expected_costs(manifest, camera, payload_bytes=20_000)[0][1]  # the gateway's request: its real size
+    cost = CostSpec((ModelCost("e", "edge", 0.01, 0.0), ModelCost("c", "cloud", 0.2, 2_000.0)), camera, 1.0, 1.0)
+    assert cost.costs()[0][1] == pytest.approx(lat[1])
+    own = cost.costs(payload_bytes=20_000)[0][1]  # the gateway's request: its real size
     assert own == pytest.approx(0.05 + 20_000 * 8 / 10e6 + 512 * 8 / 50e6 + 0.2)
     with pytest.raises(ValueError, match="request_bytes"):
         DeploymentProfile.from_dict({**camera.to_dict(), "request_bytes": -1})

@@ -12,9 +12,9 @@ import pytest
 
 from router_training import policies, tune
 from router_training.config import GuaranteeConfig, TuneConfig
-from router_training.core.splits import SplitArrays
+from router_training.core.decision import NEVER_THRESHOLD, CostSpec, ModelCost, decide
 from router_training.core.profile import DeploymentProfile
-from router_training.runtime import NEVER_THRESHOLD, decide, expected_costs
+from router_training.core.splits import SplitArrays
 
 TIERS = ["edge", "edge", "cloud"]
 MODELS = ["edge-small", "edge-large", "cloud"]
@@ -40,29 +40,28 @@ def db_dir(tmp_path):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def make_spec() -> dict:
-    """A cost spec shaped like fit.cost_spec's output."""
-    models = [{"name": "edge-small", "tier": "edge", "mean_compute_s": 0.01, "mean_payload_bytes": 3000.0},
-              {"name": "edge-large", "tier": "edge", "mean_compute_s": 0.03, "mean_payload_bytes": 3000.0},
-              {"name": "cloud", "tier": "cloud", "mean_compute_s": 0.02, "mean_payload_bytes": 3000.0}]
-    spec = {"models": models, "profile": PROFILE.to_dict()}
-    lat, en = expected_costs(spec, PROFILE)
-    spec["ref_latency_s"], spec["ref_energy_j"] = float(lat[CLOUD]), float(en[CLOUD])
-    return spec
+def make_spec(models=None) -> CostSpec:
+    """A cost spec as fit.cost_spec gives, the all-cloud reference the cloud model."""
+    models = models or (ModelCost("edge-small", "edge", 0.01, 3000.0), ModelCost("edge-large", "edge", 0.03, 3000.0),
+                        ModelCost("cloud", "cloud", 0.02, 3000.0))
+    lat, en = CostSpec(models, PROFILE, 1.0, 1.0).costs()
+    ref = [m.tier for m in models].index("cloud")
+    return CostSpec(models, PROFILE, float(lat[ref]), float(en[ref]))
 
 
 def test_spec_costs_by_hand():
     spec = make_spec()
-    lat, en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
+    lat, en = spec.costs()
     # cloud: 0.05 + 3000*8/1e7 (0.0024) + 512*8/5e7 (8.192e-5) + 0.02
     cloud_lat = 0.05 + 0.0024 + 8.192e-5 + 0.02
     np.testing.assert_allclose(lat, [0.01, 0.03, cloud_lat])
     np.testing.assert_allclose(en, [0.1, 0.3, 2.0 * 0.0024 + 3.0 * (cloud_lat - 0.0024)])
-    assert spec["ref_latency_s"] == pytest.approx(cloud_lat)
+    assert spec.ref_latency_s == pytest.approx(cloud_lat)
+    assert CostSpec.from_dict(spec.to_dict()) == spec  # the spec.json / manifest layout round trip
 
 
 def make_split(spec, score, seed=0) -> SplitArrays:
-    lat, en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
+    lat, en = spec.costs()
     n = score.shape[0]
     return SplitArrays([f"s{i:04d}" for i in range(n)], np.zeros((n, 3), np.float32), score,
                        np.tile(lat, (n, 1)), np.tile(en, (n, 1)), np.full(score.shape, 0.5))
@@ -236,19 +235,16 @@ def two_cloud_case(n=300, seed=4):
     score = np.stack([np.zeros(n), rng.permutation(np.r_[np.ones(int(0.6 * n)), np.zeros(n - int(0.6 * n))]),
                       rng.permutation(np.r_[np.ones(int(0.8 * n)), np.zeros(n - int(0.8 * n))])], axis=1)
     probs = np.stack([rng.uniform(0.0, 0.2, n), 0.7 + rng.normal(0, 0.02, n), 0.7 + rng.normal(0, 0.02, n)], 1)
-    spec = make_spec()
-    spec["models"] = [{**spec["models"][0], "name": "edge"},
-                      {**spec["models"][2], "name": "cloud-a"}, {**spec["models"][2], "name": "cloud-b"}]
-    lat, en = expected_costs(spec, PROFILE)
-    spec["ref_latency_s"], spec["ref_energy_j"] = float(lat[1]), float(en[1])
+    spec = make_spec((ModelCost("edge", "edge", 0.01, 3000.0), ModelCost("cloud-a", "cloud", 0.02, 3000.0),
+                      ModelCost("cloud-b", "cloud", 0.02, 3000.0)))
     val = make_split(spec, score)
     return tiers, models, score, probs, spec, val
 
 
 def routed(decision, probs, spec):
-    lat, en = expected_costs(spec, PROFILE)
+    lat, en = spec.costs()
     return decide(probs, lat, en, np.asarray(decision["thresholds"]), decision["lambda_latency"],
-                  decision["lambda_energy"], spec["ref_latency_s"], spec["ref_energy_j"])
+                  decision["lambda_energy"], spec.ref_latency_s, spec.ref_energy_j)
 
 
 def test_fallback_sends_everything_to_the_best_val_cloud_model(db_dir, caplog):

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from router_training import backends, config, outcomes, pipeline
-from router_training.runtime import NEVER_THRESHOLD
+from router_training.core.decision import NEVER_THRESHOLD
 
 from tiny_vlms import build_idefics3, build_qwen2_vl
 

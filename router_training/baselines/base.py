@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import metrics as M
 from ..config import RouterConfig
+from ..core.decision import CostSpec
 from ..core.splits import SplitArrays
 
 
@@ -27,7 +28,7 @@ class Context:
     fitted or routed (``questions_by_sample(cfg)``); needed by the text baselines only. ``embed``: list of
     questions -> float (n, d) embeddings (default: ``reference.QuestionEncoder``, 384-d MiniLM, loaded on
     first use). ``val``: router-val, for model selection (best epoch); without it a seeded 20% of
-    router-train is held out for ``fit.fit``. ``spec``: ``fit.cost_spec`` (the project MLP's cost prior;
+    router-train is held out for ``fit.fit``. ``cost_spec``: ``fit.cost_spec`` (the project MLP's cost prior;
     derived from router-train means when None). ``router_config``: the project MLP's settings (default
     ``RouterConfig()``), with ``epochs`` overriding its epochs when not None. ``router``: the router the
     ``combined`` policy starts from (split -> (n, K) assignment, e.g. the tuned router). ``cost``: the cost
@@ -39,7 +40,7 @@ class Context:
     questions: Mapping[str, str] | None = None
     embed: Callable[[list[str]], np.ndarray] | None = None
     val: SplitArrays | None = None
-    spec: dict | None = None
+    cost_spec: CostSpec | None = None
     router_config: RouterConfig | None = None
     epochs: int | None = 20
     router: Callable[[SplitArrays], np.ndarray] | None = None

@@ -14,14 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RouterConfig
+from ..core.decision import CostSpec, ModelCost
 from ..core.features import FEATURE_NAMES, IMAGE_FEATURES, TEXT_FEATURES
+from ..core.profile import DeploymentProfile
 from ..core.splits import SplitArrays
 from .base import ProbBaseline, register
 from .training import _SIGNALS, _logits, _mlp, _seeded, _train_bce, single_thread
 
 
-def derived_spec(train: SplitArrays, tiers: Sequence[str], cloud: int) -> dict:
-    """A ``fit.cost_spec``-shaped spec whose expected latencies are router-train's mean latencies (zero
+def derived_spec(train: SplitArrays, tiers: Sequence[str], cloud: int) -> CostSpec:
+    """A cost spec (``CostSpec``, as ``fit.cost_spec`` gives) whose expected latencies are router-train's mean latencies (zero
     payload and round trip; device power = edge / cloud energy over latency summed per tier), for
     training the project MLP without the outcome table. Prefer ``fit.cost_spec`` when it is at hand."""
     lat, en = train.latency_s.mean(0), train.energy_j.mean(0)
@@ -31,11 +33,10 @@ def derived_spec(train: SplitArrays, tiers: Sequence[str], cloud: int) -> dict:
         return float(en[mask].sum() / lat[mask].sum()) if lat[mask].sum() > 0 else 1.0
 
     pe, pc = power(edge), power(~edge)
-    return {"models": [{"name": f"m{k}", "tier": t, "mean_compute_s": float(lat[k]), "mean_payload_bytes": 0.0}
-                       for k, t in enumerate(tiers)],
-            "profile": {"name": "derived", "edge_power_w": pe, "idle_power_w": pc, "radio_tx_power_w": pc,
-                        "uplink_mbps": 1.0, "downlink_mbps": 1.0, "rtt_s": 0.0, "response_bytes": 0},
-            "ref_latency_s": float(lat[cloud]), "ref_energy_j": float(pc * lat[cloud])}
+    profile = DeploymentProfile("derived", edge_power_w=pe, idle_power_w=pc, radio_tx_power_w=pc, uplink_mbps=1.0,
+                                downlink_mbps=1.0, rtt_s=0.0, response_bytes=0)
+    return CostSpec(tuple(ModelCost(f"m{k}", t, float(lat[k]), 0.0) for k, t in enumerate(tiers)), profile,
+                    float(lat[cloud]), float(pc * lat[cloud]))
 
 
 _COLUMNS = {"image": [FEATURE_NAMES.index(f) for f in IMAGE_FEATURES],
@@ -83,11 +84,11 @@ class FeatureMLP(ProbBaseline):
         if val is None:  # hold out a seeded 20% of router-train for fit.fit's best epoch
             tr, val = train.holdout(0.2, ctx.seed)
         tr, va = (dataclasses.replace(s, x=self._inputs(s)) for s in (tr, val))
-        spec = ctx.spec or derived_spec(train, self.tiers, self.cloud)
+        cost = ctx.cost_spec or derived_spec(train, self.tiers, self.cloud)
         rc = ctx.router_config or RouterConfig()
         rc = dataclasses.replace(rc, seed=ctx.seed, **({"epochs": ctx.epochs} if ctx.epochs else {}))
         with tempfile.TemporaryDirectory(prefix="baseline-") as tmp, single_thread():
-            self.module, self.dm = fit.fit(tr, va, spec, rc, Path(tmp), loggers=False, progress=False)
+            self.module, self.dm = fit.fit(tr, va, cost, rc, Path(tmp), loggers=False, progress=False)
 
     def probs(self, split):
         from .. import fit

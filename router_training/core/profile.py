@@ -24,7 +24,7 @@ class DeploymentProfile:
     compute seconds into seconds on the target hardware (1.0 when measured there); ``request_bytes``
     (bytes, optional) what every cloud request of the deployed device carries (e.g. its camera frames,
     larger than the collected images), replacing the payloads measured at collection in every cost
-    (None: as measured; a gateway request's own size replaces both, ``runtime.expected_costs``).
+    (None: as measured; a gateway request's own size replaces both, ``decision.CostSpec.costs``).
     The figures in ``configs/profiles/*.yaml`` cite their sources (datasheets, measurement papers).
     """
 

@@ -54,14 +54,15 @@ from optuna.trial import TrialState
 
 from .. import fit, pipeline
 from ..config import Config
-from .objective import (ALL_CLOUD_THRESHOLD, METRIC_KEYS, OBJECTIVES, Objective, Scorer, TrialTimer,
+from ..core.decision import CostSpec
+from .objective import (METRIC_KEYS, OBJECTIVES, Objective, Scorer, TrialTimer,
                         ValMetrics)
 from .outputs import feasible, pareto_front, select, write_outputs
 from .space import ALL_GROUPS, distributions, feature_mask, ignore_masked_inputs, masked, router_config, suggest
 from .study import (DIRECTIONS, FINISHED, LIVE, SearchError, _file_lock, default_storage, default_study_name,
                     make_pruner, make_sampler, open_storage, open_study, run_worker, safe_url)
 
-__all__ = ["ALL_CLOUD_THRESHOLD", "ALL_GROUPS", "DIRECTIONS", "FINISHED", "LIVE", "METRIC_KEYS", "OBJECTIVES",
+__all__ = ["ALL_GROUPS", "DIRECTIONS", "FINISHED", "LIVE", "METRIC_KEYS", "OBJECTIVES",
            "Objective", "Scorer", "SearchError", "TrialTimer", "ValMetrics", "chosen_router", "default_storage",
            "default_study_name", "distributions", "feasible", "feature_mask", "ignore_masked_inputs",
            "make_pruner", "make_sampler", "masked", "open_storage", "open_study", "pareto_front",
@@ -85,7 +86,7 @@ def chosen_router(cfg: Config, objective: Objective, trial: optuna.trial.FrozenT
         log.info("trial %d's checkpoint %s is not here (trained by a worker on another machine?): retraining "
                  "it with its parameters", trial.number, d)
         module, dm, rc, _ = objective.train_router(trial.params, d, loggers=False)
-        spec = {**objective.spec, "features": dm.stats,
+        spec = {**objective.cost.to_dict(), "features": dm.stats,
                 "router": dict(rc.__dict__), "feature_groups": trial.params.get("feature_groups", ALL_GROUPS)}
     record = {"study": objective.study_name, "trial": trial.number, "params": dict(trial.params),
               "mode": cfg.search.mode, "storage": safe_url(storage_url),
@@ -191,11 +192,11 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
     children, restore = _start_workers(cfg, url, name, n_trials, n_workers, worker_index, threads)
     train = fit.split_arrays(table, feats, cfg.model_names, "router-train")
     val = fit.split_arrays(table, feats, cfg.model_names, "router-val")
-    spec = fit.cost_spec(train, table, cfg)
+    cost = fit.cost_spec(train, table, cfg)
     cloud = pipeline.cloud_index(cfg, train)
     seed = sc.seed + worker_index if worker_index is not None else random.SystemRandom().randrange(2**31)
     study = open_study(open_storage(url, sc), name, sc, seed)
-    objective = Objective(cfg, train, val, spec, cloud, name, n_trials)
+    objective = Objective(cfg, train, val, cost, cloud, name, n_trials)
     log.info("study %s in %s: %d trials wanted, %d live; sampler seed %d", name, safe_url(url), n_trials,
              len(study.get_trials(deepcopy=False, states=LIVE)), seed)
     _await_workers(children)
@@ -251,7 +252,7 @@ def val_objective_of(cfg: Config, module, spec: dict) -> dict:
     feats = pipeline.stage_features(cfg)
     train = fit.split_arrays(table, feats, cfg.model_names, "router-train")
     val = fit.split_arrays(table, feats, cfg.model_names, "router-val")
-    scorer = Scorer(val, spec, cfg.tiers, pipeline.cloud_index(cfg, train), "single",
+    scorer = Scorer(val, CostSpec.from_dict(spec), cfg.tiers, pipeline.cloud_index(cfg, train), "single",
                     cfg.search.min_cloud_accuracy_ratio or 0.99, cfg.search.threshold_grid)
     _, m = scorer.best(pipeline.predict(module, spec, val.x))
     return {**m, "objective": scorer.objective(m), "feasible": scorer.feasible(m)}

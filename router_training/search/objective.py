@@ -21,15 +21,13 @@ import torch
 from .. import fit, tune
 from ..config import Config, RouterConfig
 from ..core.features import PIXEL_FEATURES
-from ..core.profile import DeploymentProfile
+from ..core.decision import NEVER_THRESHOLD, CostSpec, DecisionRule
 from ..core.splits import SplitArrays
-from ..runtime import NEVER_THRESHOLD, expected_costs
 from .space import ALL_GROUPS, distributions, feature_mask, ignore_masked_inputs, masked, router_config, suggest
 
 OBJECTIVES = {"single": ["edge_share"], "multi": ["accuracy", "mean_latency_s", "mean_energy_j"]}
 METRIC_KEYS = ("accuracy", "pct_cloud_accuracy", "edge_share", "mean_latency_s", "mean_energy_j",
                "latency_reduction", "energy_reduction")
-ALL_CLOUD_THRESHOLD = NEVER_THRESHOLD  # above any probability: no edge model is eligible
 # The decision lambdas single mode's sweep tries, each pair with every threshold: none, then latency
 # alone and energy alone from 0.25 to 2 (``router-train tune`` searches both in [0, 2], tune.py).
 LAMBDA_GRID = [(0.0, 0.0)] + [(v, 0.0) for v in (0.25, 0.5, 1.0, 2.0)] + [(0.0, v) for v in (0.25, 0.5, 1.0, 2.0)]
@@ -40,14 +38,14 @@ class Scorer:
     all-cloud accuracy (None: no floor); single mode sweeps ``grid`` thresholds (``thresholds``: quantiles
     of the predicted edge probabilities) plus all-cloud."""
 
-    def __init__(self, val: SplitArrays, spec: dict, tiers: list[str], cloud: int, mode: str,
+    def __init__(self, val: SplitArrays, cost: CostSpec, tiers: list[str], cloud: int, mode: str,
                  ratio: float | None, grid: int = 101):
-        self.val, self.spec, self.tiers, self.cloud, self.mode = val, spec, tiers, cloud, mode
+        self.val, self.cost, self.tiers, self.cloud, self.mode = val, cost, tiers, cloud, mode
         self.cloud_accuracy = float(val.score[:, cloud].mean())
         self.floor = None if ratio is None else float(ratio) * self.cloud_accuracy
         self.n_grid = grid
         self.edge = np.array([t == "edge" for t in tiers])
-        self.lat, self.en = expected_costs(spec, DeploymentProfile.from_dict(spec["profile"]))
+        self.lat, self.en = cost.costs()
         # what ``_sweep`` sums per query and model (n, K): score, is-edge, latency (s)
         self._per_model = (val.score, np.broadcast_to(self.edge.astype(np.float64), val.score.shape), val.latency_s)
 
@@ -56,14 +54,13 @@ class Scorer:
         whose probabilities lie in a narrow band still gets a fine sweep there), 0 and all-cloud."""
         edge = probs[:, [k for k, t in enumerate(self.tiers) if t == "edge"]].ravel()
         qs = np.quantile(edge, np.linspace(0.0, 1.0, self.n_grid)) if edge.size else []
-        return sorted({0.0, *map(float, qs)}) + [ALL_CLOUD_THRESHOLD]
+        return sorted({0.0, *map(float, qs)}) + [NEVER_THRESHOLD]  # the last: no edge model eligible
 
     def decision(self, threshold: float, lambda_latency: float, lambda_energy: float) -> dict:
-        return {"thresholds": [float(threshold) if t == "edge" else 0.0 for t in self.tiers],
-                "lambda_latency": float(lambda_latency), "lambda_energy": float(lambda_energy)}
+        return DecisionRule.edge_threshold(threshold, self.tiers, lambda_latency, lambda_energy).to_dict()
 
     def metrics(self, probs: np.ndarray, decision: dict) -> dict:
-        return tune.evaluate(decision, probs, self.val, self.spec, self.tiers, self.cloud)
+        return tune.evaluate(decision, probs, self.val, self.cost, self.tiers, self.cloud)
 
     def feasible(self, m: dict) -> bool:
         return self.floor is None or m["accuracy"] >= self.floor - 1e-12
@@ -76,7 +73,7 @@ class Scorer:
         ``router-train tune`` chooses them, not the trial's training-loss weights: when an edge model costs
         more energy than the cloud (BlindTest's configured costs), a trial's ``lambda_energy`` would
         otherwise keep every query off the edge whatever the network learned. The sweep is
-        ``runtime.decide``'s rule for every threshold at once (``_sweep``; it runs after every epoch of every
+        ``decision.decide``'s rule for every threshold at once (``_sweep``; it runs after every epoch of every
         trial); the chosen decision's full metrics come from ``metrics``."""
         probs = np.asarray(probs, dtype=np.float64)
         ts = np.asarray(self.thresholds(probs))
@@ -92,14 +89,14 @@ class Scorer:
         return best, self.metrics(probs, best)
 
     def _sweep(self, probs: np.ndarray, ts: np.ndarray, ll: float, le: float):
-        """(accuracy, edge share, mean latency (s)) on router-val, each float64 (T,), of ``runtime.decide``
+        """(accuracy, edge share, mean latency (s)) on router-val, each float64 (T,), of ``decision.decide``
         with one (lambda_latency ``ll``, lambda_energy ``le``) and every threshold of ``ts`` for the edge
         models. Exact and O(n K log n): a query's choice changes only where the threshold passes one of
         its edge probabilities (that edge model becomes eligible), so each metric is a sum of step
         functions: its all-cloud value plus, per query and edge model, the change at that probability."""
         n = len(probs)
         rows = np.arange(n)
-        cost = -probs + ll * self.lat / self.spec["ref_latency_s"] + le * self.en / self.spec["ref_energy_j"]
+        cost = -probs + ll * self.lat / self.cost.ref_latency_s + le * self.en / self.cost.ref_energy_j
         cloud = np.flatnonzero(~self.edge)
         best = cloud[np.argmin(cost[:, cloud], axis=1)]  # every threshold above the probabilities: the cloud
         best_cost = cost[rows, best]
@@ -209,11 +206,11 @@ class Objective:
     router-val, record metrics, decision and checkpoint folder as user attributes, set the accuracy
     constraint, return the objective value(s)."""
 
-    def __init__(self, cfg: Config, train: SplitArrays, val: SplitArrays, spec: dict, cloud: int,
+    def __init__(self, cfg: Config, train: SplitArrays, val: SplitArrays, cost: CostSpec, cloud: int,
                  study_name: str, n_trials: int):
         self.cfg, self.sc = cfg, cfg.search
-        self.train, self.val, self.spec = train, val, spec
-        self.scorer = Scorer(val, spec, cfg.tiers, cloud, cfg.search.mode, cfg.search.min_cloud_accuracy_ratio,
+        self.train, self.val, self.cost = train, val, cost
+        self.scorer = Scorer(val, cost, cfg.tiers, cloud, cfg.search.mode, cfg.search.min_cloud_accuracy_ratio,
                              cfg.search.threshold_grid)
         self.dists = distributions(cfg.search)
         self.study_name, self.n_trials = study_name, n_trials
@@ -252,7 +249,7 @@ class Objective:
                      "config": {"study": self.study_name, "trial": trial.number, **params}}
             self.out_dir.mkdir(parents=True, exist_ok=True)
         with _quiet_lightning():
-            module, dm = fit.fit(train, val, self.spec, rc, out, loggers=loggers, callbacks=callbacks,
+            module, dm = fit.fit(train, val, self.cost, rc, out, loggers=loggers, callbacks=callbacks,
                                  progress=False, wandb_options=wandb)
         return ignore_masked_inputs(module, mask), dm, rc, mask
 
@@ -270,7 +267,7 @@ class Objective:
         t0 = time.perf_counter()
         probs = fit.predict(module, dm, masked(self.val, mask).x)
         decision, m = self.decide(probs, rc, params)
-        spec = {**self.spec, "features": dm.stats,
+        spec = {**self.cost.to_dict(), "features": dm.stats,
                 "router": dict(rc.__dict__), "feature_groups": params.get("feature_groups", ALL_GROUPS)}
         (out / "spec.json").write_text(json.dumps(spec, indent=2))
         trial.set_user_attr("decision", decision)
