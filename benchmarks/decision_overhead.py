@@ -94,7 +94,8 @@ def build_artifact(out: Path) -> Path:
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            module, dm = fit(train, val, CostSpec.from_dict(spec), RouterConfig(epochs=1), out / "fit", loggers=False, progress=False)
+            module, dm = fit(train, val, CostSpec.from_dict(spec), RouterConfig(epochs=1), out / "fit", loggers=False,
+                             progress=False)
             decision = {"thresholds": [0.5, 0.5, 0.0], "lambda_latency": 0.2, "lambda_energy": 0.1}
             # with the training range (dm.stats), so route() computes the out-of-distribution score too
             return export(module, dm.mean, dm.std, {**spec, "features": dm.stats}, decision, out / "artifact")

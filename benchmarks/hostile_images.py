@@ -111,7 +111,8 @@ def build_artifact(out: Path) -> Path:
     train, val = common.synthetic_split(1000, seed=0), common.synthetic_split(300, seed=1)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        module, dm = fit(train, val, CostSpec.from_dict(spec), RouterConfig(epochs=1), out / "fit", loggers=False, progress=False)
+        module, dm = fit(train, val, CostSpec.from_dict(spec), RouterConfig(epochs=1), out / "fit", loggers=False,
+                         progress=False)
         decision = {"thresholds": [0.5, 0.5, 0.0], "lambda_latency": 0.2, "lambda_energy": 0.1}
         return export(module, dm.mean, dm.std, {**spec, "features": dm.stats}, decision, out / "artifact")
 

@@ -33,7 +33,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from . import degrade
+from . import degrade, kinds
 from .config import Config, DatasetConfig
 from .core.features import question_type
 from .sources import (BAD_ROWS, BASE_COLUMNS, FOLDER_KEYS, load_folder, load_hf,  # noqa: F401 (re-exported)
@@ -87,15 +87,9 @@ def bad_rows(cfg: Config) -> list[dict]:
 
 
 def load_base(dc: DatasetConfig, cache_file: Path | None = None, bad: list | None = None) -> datasets.Dataset:
-    """The base dataset (all questions, clean images, row schema above) for ``dc.kind``; bad rows go to
-    ``bad`` when given, else are settled by ``dc.on_bad_row`` (``normalize``)."""
-    if dc.kind == "easyvqa":
-        return load_easyvqa("test", dc.limit_images, dc.seed)
-    if dc.kind == "hf":
-        return load_hf(dc, cache_file, bad)
-    if dc.kind == "folder":
-        return load_folder(dc, cache_file, bad)
-    raise ValueError(f"unknown dataset kind {dc.kind!r}")
+    """The base dataset (all questions, clean images, row schema above) of ``dc.kind`` (``kinds``); bad
+    rows go to ``bad`` when given, else are settled by ``dc.on_bad_row`` (``normalize``)."""
+    return kinds.get(dc.kind).load(dc, cache_file, bad)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,7 +228,7 @@ def build_router_dataset(cfg: Config) -> datasets.Dataset:
         bad: list[dict] = []
         base = load_base(dc, tmp / "base.arrow", bad)
         ds = router_splits(base, dc.splits, dc.degradations, dc.severity, dc.seed,
-                           reencode_clean=dc.kind == "easyvqa", cache_file=tmp / "splits.arrow", bad=bad)
+                           reencode_clean=kinds.get(dc.kind).reencode_clean, cache_file=tmp / "splits.arrow", bad=bad)
         settle_bad_rows(bad, dc.on_bad_row, f"dataset ({dc.kind})", cfg.path("data") / BAD_ROWS)
         ds.save_to_disk(str(out))
         stamp.write_text(json.dumps(wanted, indent=2))

@@ -308,7 +308,8 @@ def stage_tune(cfg: Config, force: bool = False) -> dict:
                              start={"lambda_latency": cfg.router.lambda_latency,
                                     "lambda_energy": cfg.router.lambda_energy}, models=cfg.model_names)
         # with a latency budget: thresholds tuned per uplink, which the runtime picks by the current estimate
-        grid = tune.grid_for_run(probs, table, stage_features(cfg), cost, cfg, cloud, name, start=decision.get("params"))
+        grid = tune.grid_for_run(probs, table, stage_features(cfg), cost, cfg, cloud, name,
+                                 start=decision.get("params"))
         if grid:
             decision["network_grid"] = grid
     decision["study"] = name

@@ -357,7 +357,7 @@ def test_dataset_config_kinds_and_errors(tmp_path):
         DatasetConfig(kind="hf", path="x/y", columns={"image": "img", "answers": "a"})
     with pytest.raises(ValueError, match=r"dataset.scorer must be one of"):
         DatasetConfig(scorer="bleu")
-    with pytest.raises(ValueError, match=r"easy-VQA splits by image_id only"):
+    with pytest.raises(ValueError, match=r"kind .easyvqa. splits by image_id only"):
         DatasetConfig(split_by="question_type")
     with pytest.raises(ValueError, match=r"unknown names \['label'\]"):
         DatasetConfig(kind="hf", path="x/y", columns={**hf.columns, "label": "l"})

@@ -8,23 +8,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import kinds
+from ..kinds.easyvqa import DEGRADATIONS as EASYVQA_DEGRADATIONS
 
-DATASET_KINDS = ("easyvqa", "hf", "folder")
+DATASET_KINDS = tuple(kinds.KINDS)  # the registered kinds (router_training/kinds/)
 # our column -> required?  (``columns`` maps these names to the dataset's own). answers are optional:
 # a question without one is scored by the grades in its models' outcome files (``outcomes.replay``)
 DATASET_COLUMNS = {"image": True, "question": True, "answers": False, "options": False,
                    "question_type": False, "image_id": False, "sample_id": False}
-# low light, blur and downscaling separate the edge models from the cloud one; JPEG and colour casts
-# barely hurt any model (measured: README, "accuracy by degradation")
-EASYVQA_DEGRADATIONS = {"clean": 0.2, "blur": 0.18, "low_light": 0.36, "downscale": 0.18, "noise": 0.04,
-                        "jpeg": 0.02, "color_cast": 0.02}
-# dataset keys that only some kinds use
-_KIND_KEYS = {"path": ("hf",), "name": ("hf",), "split": ("hf",), "data_files": ("hf",), "revision": ("hf",),
-              "images": ("hf",), "columns": ("hf", "folder"), "images_dir": ("folder",),
-              "questions": ("folder",), "limit_train_images": ("easyvqa",)}
 SCORERS = ("vqa", "exact", "mc", "numeric", "given")  # scoring.SCORERS (config stays free of scoring imports)
-# data_files with one of these builders as ``path`` are resolved by datasets against the current directory
-_BUILDERS = ("parquet", "json", "csv", "arrow", "text", "imagefolder", "webdataset", "pandas")
 
 
 @dataclass
@@ -33,7 +25,7 @@ class DatasetConfig:
     image with one seeded degradation drawn from ``degradations`` (kind -> weight; severity uniform in
     ``severity``). ``limit_images`` keeps a seeded subset of images (all their questions).
 
-    ``kind``:
+    ``kind`` (a registered ``kinds.DatasetKind``; each checks and loads its own keys):
 
     - ``easyvqa``: easy-VQA's test split (``limit_train_images``: images for the reference models).
       Default degradations: a mix of blur, low light, downscaling, noise, JPEG and colour casts.
@@ -90,62 +82,36 @@ class DatasetConfig:
     def __post_init__(self):
         if self.on_bad_row not in ("error", "skip"):
             raise ValueError(f"dataset.on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
-        if self.kind not in DATASET_KINDS:
-            raise ValueError(f"dataset.kind must be one of {DATASET_KINDS}, got {self.kind!r}")
+        kind = kinds.get(self.kind)
         if self.scorer not in SCORERS:
             raise ValueError(f"dataset.scorer must be one of {SCORERS}, got {self.scorer!r}")
         if not isinstance(self.split_by, str) or not self.split_by:
             raise ValueError(f"dataset.split_by must be a column name, got {self.split_by!r}")
-        if self.kind == "easyvqa" and self.split_by != "image_id":
-            raise ValueError("dataset.split_by: easy-VQA splits by image_id only")
+        if not kind.any_split_by and self.split_by != "image_id":
+            raise ValueError(f"dataset.split_by: kind {self.kind!r} splits by image_id only")
         if self.degradations is None:
-            self.degradations = dict(EASYVQA_DEGRADATIONS) if self.kind == "easyvqa" else {"clean": 1.0}
-        for key, kinds in _KIND_KEYS.items():
-            if self.kind not in kinds and getattr(self, key) not in (None, {}):
-                raise ValueError(f"dataset: key {key!r} is for kind {' or '.join(map(repr, kinds))}, "
-                                 f"not {self.kind!r}")
+            self.degradations = dict(kind.default_degradations)
+        for other in kinds.KINDS.values():  # keys only other kinds read must be unset
+            for key in set(other.keys) - set(kind.keys):
+                if getattr(self, key) not in (None, {}):
+                    users = [k.name for k in kinds.KINDS.values() if key in k.keys]
+                    raise ValueError(f"dataset: key {key!r} is for kind {' or '.join(map(repr, users))}, "
+                                     f"not {self.kind!r}")
         if not isinstance(self.columns, dict):
             raise ValueError(f"dataset.columns: expected a mapping (our name: their name), got {self.columns!r}")
         unknown = set(self.columns) - set(DATASET_COLUMNS)
         if unknown:
             raise ValueError(f"dataset.columns: unknown names {sorted(unknown)}; ours are {sorted(DATASET_COLUMNS)}")
-        if self.kind == "hf":
-            if not self.path:
-                raise ValueError("dataset: kind 'hf' needs 'path' (a hub name, a local folder, or a builder "
-                                 "such as 'parquet' with 'data_files')")
-            need = [c for c, req in DATASET_COLUMNS.items() if req and not (c == "image" and self.images)]
-            missing = [c for c in need if c not in self.columns]
-            if missing:
-                raise ValueError(f"dataset.columns: kind 'hf' must map {missing} to the dataset's columns "
-                                 "(our name: their name), e.g. {image: image, question: question, answers: answers}")
-            if self.images is not None:
-                allowed = {"path", "name", "split", "data_files", "revision", "columns"}
-                if not isinstance(self.images, dict) or set(self.images) - allowed:
-                    raise ValueError(f"dataset.images: expected a mapping with keys from {sorted(allowed)}")
-                if "image_id" not in self.columns:
-                    raise ValueError("dataset.images: joining the images needs columns.image_id")
-                self.images = dict(self.images)
-        if self.kind == "folder" and not (self.images_dir and self.questions):
-            raise ValueError("dataset: kind 'folder' needs 'images_dir' (the images) and 'questions' "
-                             "(a JSONL file, one object per question)")
+        kind.check(self)
 
     def resolve_paths(self, base: Path) -> None:
         """Make relative local paths absolute against ``base`` (the folder of the config file naming
-        them): folder paths, an hf ``path`` that exists under ``base``, and ``data_files`` read by a
-        builder ("parquet", "json", ...). Hub names and files inside a hub repository stay as they are."""
+        them), as the kind says (``DatasetKind.resolve_paths``)."""
         def local(p):
             p = expand_env(p, "dataset")
             return p if Path(p).is_absolute() else str((base / p).resolve())
 
-        if self.kind == "folder":
-            self.images_dir, self.questions = local(self.images_dir), local(self.questions)
-        if self.kind != "hf":
-            return
-        for spec in [s for s in (self.__dict__, self.images) if s is not None]:
-            if spec.get("path") and not Path(spec["path"]).is_absolute() and (base / spec["path"]).exists():
-                spec["path"] = local(spec["path"])
-            if spec.get("data_files") is not None and (spec.get("path") or self.path) in _BUILDERS:
-                spec["data_files"] = _map_files(spec["data_files"], local)
+        kinds.get(self.kind).resolve_paths(self, base, local)
 
 
 _ENV = re.compile(r"\$\{(\w+)\}")
@@ -161,11 +127,3 @@ def expand_env(path: str, where: str) -> str:
                              f"set it, e.g. `export {m.group(1)}=/path/to/the/folder`")
         return v
     return _ENV.sub(sub, path)
-
-
-def _map_files(files, fn):
-    if isinstance(files, str):
-        return fn(files)
-    if isinstance(files, dict):
-        return {k: _map_files(v, fn) for k, v in files.items()}
-    return [fn(f) for f in files]

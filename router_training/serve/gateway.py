@@ -97,11 +97,9 @@ class Gateway:
         self.estimator = NetworkEstimator(cfg.network.uplink_mbps or profile.uplink_mbps, cfg.network.half_life,
                                           cfg.network.min_samples, cfg.network.max_age_s)
         # the part of a cloud call that is neither round trip nor upload, under the profile (s)
-        self._fixed_s = {m["name"]: m["mean_compute_s"] * profile.cloud_compute_scale
-                         + profile.response_bytes * 8.0 / (profile.downlink_mbps * 1e6)
-                         for m in self.router.manifest["models"]}
-        thresholds = self.router.manifest["decision"]["thresholds"]
-        always = [m for m, t in zip(self.models, thresholds) if t <= 0]
+        reply_s = profile.response_bytes * 8.0 / (profile.downlink_mbps * 1e6)
+        self._fixed_s = {m.name: m.mean_compute_s * profile.cloud_compute_scale + reply_s for m in self.router.cost.models}
+        always = [m for m, t in zip(self.models, self.router.rule.thresholds) if t <= 0]
         self.no_image_model = cfg.routing.no_image or (always[0] if always else self.models[-1])
         self.metrics = Metrics()
         self.log = DecisionLog(cfg.decision_log) if cfg.decision_log.path else None
@@ -284,8 +282,7 @@ class Gateway:
             t = time.perf_counter()
             decision = None
             if routed and image is not None:
-                # the image opened above (its header read once), or the bytes when the runtime would decode a
-                # large JPEG at reduced scale (``images.load`` drafts only what it opens itself)
+                # the image opened above, or the bytes of a JPEG that ``images.load`` decodes at reduced scale
                 src = image if images.reduction(image.size) == 1 or image.format not in ("JPEG", "MPO") else img_bytes
                 try:
                     decision = self.router.route(src, inputs.question, uplink, rtt, inputs.payload_bytes)
