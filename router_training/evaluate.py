@@ -56,7 +56,7 @@ def guarantee_check(cfg: Config, router: Router, splits: dict[str, SplitArrays],
     from . import guarantee
     from .config import GuaranteeConfig
 
-    rec = router.manifest.get("tuning", {}).get("guarantee")
+    rec = router.manifest.tuning.get("guarantee")
     gc = cfg.tune.guarantee or GuaranteeConfig()
     if rec:  # check the guarantee the artifact was calibrated for
         gc = GuaranteeConfig(eps=rec["eps"], delta=rec["delta"], transform=rec["transform"], resplits=gc.resplits)
@@ -128,7 +128,7 @@ def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, r
     the router's decision (the combined policy starts from it)."""
     from . import baselines
 
-    key = {**settings, "decision": router.manifest["decision"], "report": 2}
+    key = {**settings, "decision": router.manifest.to_dict()["decision"], "report": 2}
     cache = out / "baselines.json"
     if cache.exists():
         cached = json.loads(cache.read_text())
@@ -197,8 +197,9 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
     report.bandwidth_plot(out / "bandwidth.png", bw, cfg.profile.name)
     by_deg = report.accuracy_by_degradation(table[table["split"] == "router-test"], info, cfg.model_names,
                                             cfg.dataset.severity) if info["degradation"].nunique() > 1 else None
-    decision = router.manifest["decision"]
-    marks, cost_note = report.configured_costs(rows, router.manifest["models"], cloud)
+    manifest = router.manifest.to_dict()  # the JSON layout the report's helpers read
+    decision = manifest["decision"]
+    marks, cost_note = report.configured_costs(rows, manifest["models"], cloud)
     main = report.markdown(report.to_frame(rows, scorer), marks)
     split = report.split_check(table, info)
     refs = metrics.references(test, cfg.tiers, cloud) if routing else None
@@ -217,7 +218,7 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
                      "![pareto](pareto.png)", ""]
     if check is not None:
         sections += ["## Accuracy-loss guarantee (Learn then Test)", "",
-                     report.guarantee_markdown(check, router.manifest.get("tuning", {}).get("guarantee"), scorer), ""]
+                     report.guarantee_markdown(check, router.manifest.tuning.get("guarantee"), scorer), ""]
     sections += ["## Calibration of predicted P(correct)", "", report.calibration_markdown(calib), "",
                  "## Uplink bandwidth (the router re-decides at run time, no retraining)", "",
                  report.bandwidth_markdown(bw), "", "![bandwidth](bandwidth.png)", ""]
@@ -231,8 +232,8 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
                      f"they and their reasons are in {cfg.path('data') / data.BAD_ROWS}.", ""]
     if by_deg is not None:
         sections += ["## Reference-model accuracy by degradation", "", by_deg.round(3).to_markdown(index=False), ""]
-    configured = [{"model": m["name"], "compute_source": m["compute_source"]} for m in router.manifest["models"]
-                  if m.get("compute_source", "measured") != "measured"]
+    configured = [{"model": m.name, "compute_source": m.compute_source} for m in router.cost.models
+                  if m.compute_source != "measured"]
     (out / "report.md").write_text("\n".join(sections))
     (out / "report.json").write_text(json.dumps(
         {"verdict": verdict, "scorer": scorer, "policies": rows, "sweep": sweep, "routing": routing,

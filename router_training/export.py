@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch import nn
 
 from .core import ood
 from .core.decision import CostSpec, DecisionRule
+from .core.manifest import FeatureStats, Manifest
 from .core.features import FEATURE_NAMES, FEATURE_VERSION, THUMBNAIL_SIDE
 from .fit import RouterModule, RouterNet
 from .runtime import MANIFEST, ONNX_FILE, Router
@@ -98,30 +98,21 @@ def export(module: RouterModule, mean: np.ndarray, std: np.ndarray, spec: dict, 
     ``deployed``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = spec.get("features", {})
-    cost = CostSpec.from_dict(spec).to_dict()
     onnx_path = write_onnx(module.net, out_dir / ONNX_FILE)
     versions = {p: metadata.version(p) for p in ("router-training", "torch", "onnx", "onnxruntime", "numpy")}
-    manifest = {
-        "format": "router-training/1",
-        "features": {"version": FEATURE_VERSION, "names": list(FEATURE_NAMES), "mean": np.asarray(mean).tolist(),
-                     "std": np.asarray(std).tolist(), "clip": ood.CLIP,
-                     **{k: np.asarray(stats[k], dtype=np.float32).tolist() for k in ("min", "max") if k in stats}},
+    rng = {k: tuple(np.asarray(stats[k], dtype=np.float32).tolist()) for k in ("min", "max") if k in stats}
+    base = Manifest(
+        FeatureStats(FEATURE_VERSION, FEATURE_NAMES, tuple(np.asarray(mean).tolist()), tuple(np.asarray(std).tolist()),
+                     ood.CLIP, rng.get("min"), rng.get("max")),
+        CostSpec.from_dict(spec), DecisionRule.from_dict(decision), hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
         # out-of-distribution score (ood.ood_score) above which a decision is flagged, and what then happens
         # ("route": as usual; "cloud": to the cloud); the device may override both (runtime.Router.load)
-        "ood": {"max_score": stats.get("ood_max_score"), "policy": "route",
-                "max_score_source": f"{ood.OOD_QUANTILE:.0%} quantile of router-val's scores"},
-        "models": cost["models"],
-        "profile": cost["profile"],
-        "decision": {**DecisionRule.from_dict(decision).to_dict(), "ref_latency_s": cost["ref_latency_s"],
-                     "ref_energy_j": cost["ref_energy_j"],
-                     # whether tuning met its target, and what was deployed instead when it did not
-                     "target_met": bool(decision.get("target_met", True)),
-                     "deployed": decision.get("deployed", "router")},
-        "versions": {**versions, "python": platform.python_version()},
-        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-        **(extra or {}),
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        ood={"max_score": stats.get("ood_max_score"), "policy": "route",
+             "max_score_source": f"{ood.OOD_QUANTILE:.0%} quantile of router-val's scores"},
+        # whether tuning met its target, and what was deployed instead when it did not
+        target_met=bool(decision.get("target_met", True)), deployed=decision.get("deployed", "router"),
+        versions={**versions, "python": platform.python_version()})
+    Manifest.from_dict({**base.to_dict(), **(extra or {})}).write(out_dir / MANIFEST)  # extra: name, tuning, ...
     return out_dir
 
 

@@ -25,8 +25,9 @@ from . import backends, data, fit, outcomes, tune
 from .config import Config
 from .core import features
 from .core.decision import CostSpec
+from .core.manifest import Manifest
 from .core.splits import SplitArrays
-from .runtime import Router
+from .runtime import MANIFEST, ONNX_FILE, Router
 
 log = logging.getLogger(__name__)
 SPLITS = ("router-train", "router-val", "router-test")
@@ -363,9 +364,9 @@ def _artifact_sha(cfg: Config) -> str | None:
     whose ONNX file does not match it)."""
     out = cfg.path("export")
     try:
-        recorded = json.loads((out / "manifest.json").read_text())["onnx_sha256"]
-        return recorded if hashlib.sha256((out / "router.onnx").read_bytes()).hexdigest() == recorded else None
-    except (OSError, ValueError, KeyError):
+        recorded = Manifest.read(out / MANIFEST).onnx_sha256
+        return recorded if hashlib.sha256((out / ONNX_FILE).read_bytes()).hexdigest() == recorded else None
+    except (OSError, ValueError):
         return None
 
 
@@ -375,11 +376,11 @@ def stage_report(cfg: Config, bootstrap: int = 1000, baselines: bool = True) -> 
     from . import evaluate
 
     manifest = Router.load(cfg.path("export")).manifest
-    if "search" in manifest:  # kept: `search` chose it; the report names it
+    if manifest.search:  # kept: `search` chose it; the report names it
         log.warning("evaluating the router exported by `router-train search` (study %s, trial %s); "
-                    "`router-train export` re-exports the configured one", manifest["search"]["study"],
-                    manifest["search"]["trial"])
-    elif manifest.get("tuning", {}).get("study") != stage_tune(cfg).get("study"):
+                    "`router-train export` re-exports the configured one", manifest.search["study"],
+                    manifest.search["trial"])
+    elif manifest.tuning.get("study") != stage_tune(cfg).get("study"):
         log.info("the exported router predates the current config: re-exporting")
         stage_export(cfg)
     table, splits = load_splits(cfg)

@@ -257,12 +257,13 @@ ORACLE_NOTE = ("oracle: the cheapest correct model per query, one point (its APG
                "can reach.")
 
 
-def router_origin(manifest: dict) -> str:
-    """Where an exported router's thresholds came from, for the report's first line."""
-    if "search" in manifest:
-        s = manifest["search"]
+def router_origin(manifest) -> str:
+    """Where an exported router's thresholds came from (a ``core.manifest.Manifest``), for the report's
+    first line."""
+    if manifest.search:
+        s = manifest.search
         return f"`router-train search` study {s['study']}, trial {s['trial']} (kept until `router-train export`)"
-    g = manifest.get("tuning", {}).get("guarantee")
+    g = manifest.tuning.get("guarantee")
     if g:
         return f"thresholds calibrated by Learn then Test (eps {g['eps']:g}, delta {g['delta']:g})"
     return "thresholds and lambdas tuned by Optuna against the config's `tune` target"

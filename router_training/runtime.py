@@ -14,7 +14,6 @@ the caller gives it (the gateway: the request body), else the manifest's mean.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from .core import features, images, ood
-from .core.decision import CostSpec, DecisionRule
+from .core.decision import DecisionRule
+from .core.manifest import Manifest
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "router.onnx"
@@ -58,20 +58,17 @@ class Router:
     ood_max_score: float | None = None
     ood_policy: str | None = None
 
-    def __init__(self, manifest: dict, session):
+    def __init__(self, manifest: Manifest, session):
         self.manifest = manifest
         self.session = session
-        self.models = [m["name"] for m in manifest["models"]]
-        self.tiers = [m["tier"] for m in manifest["models"]]
-        self.mean = np.asarray(manifest["features"]["mean"], dtype=np.float32)
-        self.std = np.asarray(manifest["features"]["std"], dtype=np.float32)
-        self.cost = CostSpec.from_dict(manifest)
-        self.profile = self.cost.profile
-        self.rule = DecisionRule.from_dict(manifest["decision"])
+        self.cost, self.rule = manifest.cost, manifest.rule
+        self.models, self.tiers, self.profile = self.cost.names, self.cost.tiers, self.cost.profile
+        self.mean = np.asarray(manifest.features.mean, dtype=np.float32)
+        self.std = np.asarray(manifest.features.std, dtype=np.float32)
         self._costs = self.cost.costs()  # at the profile's own network figures
         self._input = session.get_inputs()[0].name
         # thresholds tuned on router-val per uplink (tune.tune_grid), ascending; [] = the decision's alone
-        self._grid = sorted(manifest.get("network_grid") or [], key=lambda g: g["uplink_mbps"])
+        self._grid = sorted(manifest.network_grid, key=lambda g: g["uplink_mbps"])
         self._grid_rules = [DecisionRule.from_dict(g) for g in self._grid]
 
     @classmethod
@@ -87,20 +84,16 @@ class Router:
         for p in (manifest_path, onnx_path):
             if not p.is_file():
                 raise FileNotFoundError(f"router artifact incomplete: {p} missing (run `router-train export`)")
-        manifest = json.loads(manifest_path.read_text())
-        missing = [k for k in ("onnx_sha256", "features", "models", "profile", "decision") if k not in manifest]
-        if missing:
-            raise ValueError(f"{manifest_path}: no {', '.join(missing)}; not a router-training manifest "
-                             "(re-export the router with `router-train export`)")
+        manifest = Manifest.read(manifest_path)
         digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-        if digest != manifest["onnx_sha256"]:
+        if digest != manifest.onnx_sha256:
             raise ValueError(f"{onnx_path}: sha256 {digest} does not match the manifest; re-export the router")
-        version = manifest["features"].get("version")
+        version = manifest.features.version
         if version != features.FEATURE_VERSION:
             raise ValueError(f"the artifact was trained on other features (version {version}) than this runtime "
                              f"computes (version {features.FEATURE_VERSION}); re-export it with this version of "
                              "router-training")
-        if list(manifest["features"].get("names", [])) != list(features.FEATURE_NAMES):
+        if list(manifest.features.names) != list(features.FEATURE_NAMES):
             raise ValueError(f"the artifact's feature names differ from this runtime's (both version {version}); "
                              "the manifest was edited or written by other code: re-export the router")
         opts = ort.SessionOptions()
@@ -146,7 +139,7 @@ class Router:
 
         The cloud models' network cost is that of ``payload_bytes`` (what this query sends, e.g. the
         request body the gateway forwards) when given, else of the mean payload measured at collection
-        (``manifest["models"][k]["mean_payload_bytes"]``), not this image's size."""
+        (``Router.cost.models[k].mean_payload_bytes``), not this image's size."""
         text, warning = features.check_question(question)
         feats = features.extract(image, text, self.max_pixels)[None]
         probs = self.predict(feats)
@@ -166,16 +159,16 @@ class Router:
         """``ood.ood_score`` float64 (n,) of raw features float (n, F) against the manifest's training
         range; None when the artifact has none (exported before the range was recorded)."""
         if not hasattr(self, "_range"):
-            f = self.manifest["features"]
-            self._range = (None if "min" not in f else
-                           (np.asarray(f["min"], dtype=np.float32), np.asarray(f["max"], dtype=np.float32)))
+            f = self.manifest.features
+            self._range = (None if f.min is None else
+                           (np.asarray(f.min, dtype=np.float32), np.asarray(f.max, dtype=np.float32)))
             self._cloud = np.array([t == "cloud" for t in self.tiers])
         return None if self._range is None else ood.ood_score(feats, *self._range)
 
     def ood_settings(self) -> tuple[float | None, str]:
         """(limit, policy) in force: the attributes ``ood_max_score`` / ``ood_policy`` when set, else the
         manifest's ``ood`` section ("route" when it has none). Raises ValueError for another policy."""
-        m = self.manifest.get("ood") or {}
+        m = self.manifest.ood
         limit = self.ood_max_score if self.ood_max_score is not None else m.get("max_score")
         policy = self.ood_policy or m.get("policy") or "route"
         if policy not in ("route", "cloud"):

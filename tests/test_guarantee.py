@@ -15,6 +15,7 @@ from router_training.core.features import FEATURE_NAMES, FEATURE_VERSION
 from router_training.core.splits import SplitArrays
 from router_training.core.profile import DeploymentProfile
 from router_training.core.decision import NEVER_THRESHOLD
+from router_training.core.manifest import Manifest
 from router_training.runtime import Router
 
 
@@ -206,7 +207,7 @@ def _stub_router(probs, thresholds, lambda_latency=1.0):
         "profile": profile.to_dict(),
         "decision": {"thresholds": thresholds, "lambda_latency": lambda_latency, "lambda_energy": 0.0,
                      "ref_latency_s": 0.07, "ref_energy_j": 0.2}}
-    return Router(manifest, _Session(probs))
+    return Router(Manifest.from_dict({**manifest, "onnx_sha256": ""}), _Session(probs))
 
 
 def test_guarantee_check_reports_the_deployed_policy():

@@ -62,9 +62,9 @@ def test_export_parity_and_dynamic_batch(tiny_run):
     assert "Conv" in {n.op_type for n in graph.graph.node} | {n.op_type for f in graph.functions for n in f.node}
     assert all(m.cnn is not None for m in module.net.members)  # the default router embeds the thumbnail
     m = router.manifest
-    assert m["features"]["names"] == list(__import__("router_training.core.features").core.features.FEATURE_NAMES)
-    assert [x["name"] for x in m["models"]] == cfg.model_names
-    assert m["decision"]["thresholds"][-1] == 0.0  # the cloud model is always eligible
+    assert list(m.features.names) == list(__import__("router_training.core.features").core.features.FEATURE_NAMES)
+    assert m.cost.names == cfg.model_names
+    assert m.rule.thresholds[-1] == 0.0  # the cloud model is always eligible
 
 
 def test_tampered_artifact_is_rejected(tiny_run, tmp_path):
@@ -197,7 +197,7 @@ def test_guarantee_mode_calibrates_on_untouched_router_val(tiny_run, tmp_path):
     assert g["eps"] == 0.1 and g["delta"] == 0.2 and g["n"] == len(pipeline.load_splits(gcfg)[1]["router-val"])
     t = decision["thresholds"]
     assert t[-1] == 0.0 and (0.0 <= t[0] <= 1.0 if g["certified"] else t[0] > 1.0)
-    assert Router.load(gcfg.path("export")).manifest["tuning"]["guarantee"] == g
+    assert Router.load(gcfg.path("export")).manifest.tuning["guarantee"] == g
     rep = json.loads((gcfg.path("runs") / "report.json").read_text())
     check = rep["guarantee_check"]
     assert check["pool"] == "router-val + router-test" and check["resplits"] == 200

@@ -337,11 +337,11 @@ def test_multi_mode_front_plots_and_export_of_a_picked_trial(byod, tmp_path):
     assert out["export"]["max_abs_diff"] <= 1e-5 and out["export"]["same_decisions"]
     router = Router.load(cfg.path("export"))
     t = study.trials[pick]
-    s = router.manifest["search"]
+    s = router.manifest.search
     assert (s["study"], s["trial"], s["params"]) == ("multi", pick, t.params)
     assert s["values"] == dict(zip(["accuracy", "mean_latency_s", "mean_energy_j"], t.values))
-    assert router.manifest["tuning"]["study"] == "multi" and router.manifest["tuning"]["trial"] == pick
-    assert router.manifest["decision"]["thresholds"][0] == pytest.approx(t.params["threshold"])
+    assert router.manifest.tuning["study"] == "multi" and router.manifest.tuning["trial"] == pick
+    assert router.rule.thresholds[0] == pytest.approx(t.params["threshold"])
     # the exported router reproduces the trial's router-val metrics through the runtime
     from router_training import tune
 
@@ -362,7 +362,7 @@ def test_feature_groups_mask_what_the_exported_router_sees(byod, tmp_path):
     cfg = load(byod, n_trials=1, space={"feature_groups": {"categorical": ["text"]}})
     out = search.stage_search(cfg, storage=sqlite_url(tmp_path), study_name="text-only", outputs=False)
     router = Router.load(cfg.path("export"))
-    assert router.manifest["search"]["params"] == {"feature_groups": "text"}
+    assert router.manifest.search["params"] == {"feature_groups": "text"}
     table, feats = _tables(cfg)
     x = fit.split_arrays(table, feats, cfg.model_names, "router-test").x
     img = np.array([n in IMAGE_FEATURES or n in PIXEL_FEATURES for n in FEATURE_NAMES])  # the thumbnail too
@@ -557,8 +557,8 @@ def test_two_workers_share_a_sqlite_study(byod, tmp_path):
     _check_shared_study(outs, study, 5)
     assert sum("export" in o for o in outs) == 1  # the second worker found the outputs written
     manifest = Router.load(cfg.path("export")).manifest
-    assert manifest["search"]["study"] == "shared-sqlite" and manifest["search"]["storage"].startswith("sqlite:///")
-    assert manifest["search"]["trial"] == search.select(study, "single", None).number
+    assert manifest.search["study"] == "shared-sqlite" and manifest.search["storage"].startswith("sqlite:///")
+    assert manifest.search["trial"] == search.select(study, "single", None).number
 
 
 def test_two_workers_share_a_postgres_study(byod, tmp_path, postgres_url):

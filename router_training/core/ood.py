@@ -61,7 +61,7 @@ def outside(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 def ood_score(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Out-of-distribution score, float64 (n,) in [0, 1], of raw features float (n, len(FEATURE_NAMES)):
     the mean over GROUPS of the share of the group's features outside [lo, hi] (router-train's
-    ``feature_range``; from an artifact: ``manifest["features"]["min"]``, ``["max"]``). Raises
+    ``feature_range``; from an artifact: ``Manifest.features.min``, ``.max``). Raises
     ValueError for another number of columns."""
     out = outside(x, lo, hi)
     if out.shape[1] != len(FEATURE_NAMES):

@@ -55,6 +55,8 @@ from optuna.trial import TrialState
 from .. import fit, pipeline
 from ..config import Config
 from ..core.decision import CostSpec
+from ..core.manifest import Manifest
+from ..runtime import MANIFEST
 from .objective import (METRIC_KEYS, OBJECTIVES, Objective, Scorer, TrialTimer,
                         ValMetrics)
 from .outputs import feasible, pareto_front, select, write_outputs
@@ -219,10 +221,10 @@ def stage_search(cfg: Config, storage: str | None = None, study_name: str | None
         picked = select(study, sc.mode, objective.scorer.floor, pick)
         stamp = {"study": name, "finished": sorted(t.number for t in trials if t.state in FINISHED),
                  "picked": None if picked is None else picked.number, "export": export}
-        manifest = cfg.path("export") / "manifest.json"
+        manifest = cfg.path("export") / MANIFEST
         done_before = ((out / "selected.json").is_file() and json.loads((out / "selected.json").read_text()) == stamp
-                       and (not export or picked is None or (manifest.is_file() and json.loads(
-                           manifest.read_text()).get("search", {}).get("trial") == picked.number)))
+                       and (not export or picked is None or (manifest.is_file() and (
+                           Manifest.read(manifest).search or {}).get("trial") == picked.number)))
         if picked is not None:
             summary["picked"] = {"trial": picked.number, "params": dict(picked.params),
                                  **{k: picked.user_attrs[k] for k in METRIC_KEYS}}

@@ -150,6 +150,6 @@ def serve(artifact: str | Path, endpoints: str | Path, host: str | None = None, 
     gateway = Gateway(artifact, cfg)
     app = create_app(gateway)
     where = f"http://{host}:{port}/v1"
-    print(f"router-train serve: {gateway.router.manifest.get('name', artifact)} ({', '.join(gateway.models)}) "
+    print(f"router-train serve: {gateway.router.manifest.name or artifact} ({', '.join(gateway.models)}) "
           f"on {where}; decision log {gateway.log.path if gateway.log else 'off'}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -106,7 +106,7 @@ class Gateway:
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="route")
         self._remote = None
         self._background: set[asyncio.Task] = set()
-        self._artifact = self.router.manifest.get("name", "")
+        self._artifact = self.router.manifest.name
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
