@@ -69,10 +69,12 @@ class CostSpec:
 
     @property
     def names(self) -> list[str]:
+        """The models' names, in model order."""
         return [m.name for m in self.models]
 
     @property
     def tiers(self) -> list[str]:
+        """The models' tiers ("edge" / "cloud"), in model order."""
         return [m.tier for m in self.models]
 
     def costs(self, profile: DeploymentProfile | None = None,
