@@ -177,7 +177,7 @@ def training_precision(option: str, image_size: int) -> str:
     32-true. Measured on such a 2-core x86 CPU, with channels-last tensors: a 64 px training step 1.4x
     faster; at 32 px no faster (the small kernels and the optimiser dominate); emulated bf16 is slower.
     Accuracy stays within the run-to-run spread of CPU training (edge-small on easy-VQA's router-test:
-    0.774-0.792 over five trainings, fp32 and bf16 alike).
+    0.774-0.792 over six trainings, fp32 and bf16 alike).
     Raises ValueError for another option."""
     if option not in ("auto", "32-true", "bf16-mixed"):
         raise ValueError(f"reference model option precision must be 'auto', '32-true' or 'bf16-mixed', got {option!r}")
