@@ -10,8 +10,8 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import inspect
 import hashlib
+import inspect
 import json
 import logging
 import time

@@ -142,6 +142,7 @@ class DecisionRule:
                       self.lambda_energy, cost.ref_latency_s, cost.ref_energy_j)
 
     def to_dict(self) -> dict:
+        """{"thresholds": [...], "lambda_latency", "lambda_energy"}: the layout of a manifest's decision."""
         return {"thresholds": [float(t) for t in self.thresholds], "lambda_latency": float(self.lambda_latency),
                 "lambda_energy": float(self.lambda_energy)}
 

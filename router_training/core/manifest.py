@@ -39,6 +39,7 @@ class FeatureStats:
     max: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
+        """The manifest's ``features`` section (``min`` / ``max`` only when recorded)."""
         d = {"version": self.version, "names": list(self.names), "mean": list(self.mean), "std": list(self.std),
              "clip": self.clip}
         if self.min is not None:
@@ -47,6 +48,7 @@ class FeatureStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureStats":
+        """From a manifest's ``features`` section. Raises KeyError without ``mean`` or ``std``."""
         rng = (tuple(d["min"]), tuple(d["max"])) if "min" in d else (None, None)
         return cls(d.get("version"), tuple(d.get("names", ())), tuple(d["mean"]), tuple(d["std"]), d.get("clip"), *rng)
 
@@ -72,6 +74,7 @@ class Manifest:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """The JSON layout of manifest.json (module docstring); optional sections only when set."""
         cost = self.cost.to_dict()
         d = {"format": self.format, "features": self.features.to_dict(), "ood": self.ood, "models": cost["models"],
              "profile": cost["profile"],
@@ -109,4 +112,5 @@ class Manifest:
         return cls.from_dict(d, str(path))
 
     def write(self, path: str | Path) -> None:
+        """Write ``to_dict`` as indented JSON to ``path``."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
