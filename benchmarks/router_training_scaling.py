@@ -3,7 +3,7 @@ path, loggers and progress bar off, checkpointing on as always) for 2 epochs on 
 10k, 100k and 1M router-train rows, timing each epoch.
 
 Two routers, each in its own table: the default router (``cnn``: all ``len(FEATURE_NAMES)`` columns, so
-the thumbnail CNN of ``fit.RouterNet`` runs on the last ``len(PIXEL_FEATURES)``) and the router without
+the thumbnail CNN of ``nets.ThumbnailCNN`` runs on the last ``len(PIXEL_FEATURES)``) and the router without
 the thumbnail (``mlp``: the hand-crafted and word signals only, an MLP). The splits are
 ``core.splits.SplitArrays`` with those widths and 3 models (2 edge, 1 cloud), latency and energy from the
 shipped Jetson Orin + LTE profile (``_bench_common.synthetic_split``); router-val has ``--val-fraction``

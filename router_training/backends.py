@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 from PIL import Image
 
 from .core.images import encode_jpeg
+from .core.registry import import_class
 
 
 @dataclass
@@ -62,19 +63,7 @@ def resolve(kind: str, model: str | None = None) -> Callable[..., Backend]:
     attribute, or an attribute that is not a class."""
     where = f"model {model!r}: backend {kind!r}" if model else f"backend {kind!r}"
     if ":" in kind:
-        mod, _, attr = kind.partition(":")
-        if not mod or not attr:
-            raise ValueError(f"{where}: expected a registered kind or 'package.module:ClassName'")
-        try:
-            module = importlib.import_module(mod)
-        except ImportError as e:
-            raise ValueError(f"{where}: cannot import module {mod!r} ({type(e).__name__}: {e})") from None
-        cls = getattr(module, attr, None)
-        if cls is None:
-            raise ValueError(f"{where}: module {mod!r} has no attribute {attr!r}")
-        if not isinstance(cls, type):
-            raise ValueError(f"{where}: {mod}.{attr} is not a class (a {type(cls).__name__})")
-        return cls
+        return import_class(kind, where)
     if kind not in BACKENDS and kind in _MODULES:
         importlib.import_module(f"{__package__}.{_MODULES[kind]}")  # registers the backend on first use
     if kind not in BACKENDS:

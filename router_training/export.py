@@ -10,76 +10,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torch import nn
-
 from .core import ood
 from .core.decision import CostSpec, DecisionRule
 from .core.manifest import FeatureStats, Manifest
-from .core.features import FEATURE_NAMES, FEATURE_VERSION, THUMBNAIL_SIDE
-from .fit import RouterModule, RouterNet
+from .core.features import FEATURE_NAMES, FEATURE_VERSION
+from .fit import RouterModule
+from .nets import RouterNet
 from .runtime import MANIFEST, ONNX_FILE, Router
 
 
-class FusedEnsemble(nn.Module):
-    """What is exported: a ``fit.RouterNet`` (standardised features float32 (n, F)) -> P(correct) float32
-    (n, K), the mean of its members' sigmoids, with the members' layers fused so the graph runs each
-    layer once for all M members: the first convolutions stacked (they share the thumbnail), the later
-    ones grouped (``groups=M``), the MLP layers block-diagonal (member m's weights in block m, zeros
-    elsewhere; the first layer maps [signals, all embeddings] so each member reads the signals and its own
-    embedding). Same function as the ensemble (``parity`` checks it on router-test); at batch 1 onnxruntime
-    pays per operator, so three members then cost about what one costs (benchmarks/decision_overhead.py).
-    Dropout is left out (inference only)."""
-
-    def __init__(self, net: RouterNet):
-        super().__init__()
-        members = list(net.members)
-        self.m, self.n_signals = len(members), net.n_signals
-        cnns = [m.cnn for m in members]
-        self.cnn = None
-        with torch.no_grad():
-            if cnns[0] is not None:
-                convs = [[layer for layer in c if isinstance(layer, nn.Conv2d)] for c in cnns]
-                fused = []
-                for i in range(3):
-                    first = convs[0][i]
-                    conv = nn.Conv2d(first.in_channels * (1 if i == 0 else self.m), first.out_channels * self.m, 3,
-                                     padding=1, groups=1 if i == 0 else self.m)
-                    conv.weight.copy_(torch.cat([c[i].weight for c in convs]))
-                    conv.bias.copy_(torch.cat([c[i].bias for c in convs]))
-                    fused.append(conv)
-                self.cnn = nn.Sequential(fused[0], nn.MaxPool2d(2), nn.ReLU(), fused[1], nn.MaxPool2d(2), nn.ReLU(),
-                                         fused[2], nn.AdaptiveMaxPool2d(1), nn.ReLU(), nn.Flatten())
-            linears = [[layer for layer in m.mlp if isinstance(layer, nn.Linear)] for m in members]
-            layers = []
-            for i in range(len(linears[0])):
-                ws = [lin[i].weight for lin in linears]
-                if i == 0:  # columns: the signals (shared), then each member's embedding (its own block)
-                    s = self.n_signals
-                    w = torch.cat([torch.cat([x[:, :s] for x in ws]), torch.block_diag(*[x[:, s:] for x in ws])], 1)
-                else:
-                    w = torch.block_diag(*ws)
-                lin = nn.Linear(w.shape[1], w.shape[0])
-                lin.weight.copy_(w)
-                lin.bias.copy_(torch.cat([x[i].bias for x in linears]))
-                layers += [lin, nn.GELU()]
-            self.mlp = nn.Sequential(*layers[:-1])
-        self.k = linears[0][-1].out_features
-
-    def forward(self, x):
-        x = x.clamp(-ood.CLIP, ood.CLIP)  # as RouterNet.member_logits
-        h = x[:, :self.n_signals]
-        if self.cnn is not None:
-            image = x[:, self.n_signals:].reshape(-1, 3, THUMBNAIL_SIDE, THUMBNAIL_SIDE)
-            h = torch.cat([h, self.cnn(image)], 1)
-        p = torch.sigmoid(self.mlp(h).reshape(-1, self.m, self.k)).mean(1)
-        return p if self.m == 1 else p.clamp(1e-7, 1 - 1e-7)  # RouterNet.combine's clamp
-
-
 def write_onnx(net: RouterNet, path: Path) -> Path:
-    """``FusedEnsemble(net)`` as an ONNX file at ``path``: input "features" float32 (batch, F) standardised
-    (F = len(FEATURE_NAMES)), output "p_correct" float32 (batch, K), dynamic batch axis. Returns ``path``."""
+    """``net.exportable()`` (the default network's is ``nets.thumbnail_cnn.FusedEnsemble``) as an ONNX file
+    at ``path``: input "features" float32 (batch, F) standardised (F = len(FEATURE_NAMES)), output "p_correct" float32 (batch, K), dynamic batch axis. Returns ``path``."""
     example = torch.zeros(2, len(FEATURE_NAMES))
-    torch.onnx.export(FusedEnsemble(net).eval(), (example,), str(path), input_names=["features"],
+    torch.onnx.export(net.exportable().eval(), (example,), str(path), input_names=["features"],
                       output_names=["p_correct"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True,
                       external_data=False, verbose=False)
     return path

@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from . import outcomes
 from .config import Config, RouterConfig
+from . import nets
 from .core import ood
-from .core.features import FEATURE_NAMES, PIXEL_FEATURES, THUMBNAIL_SIDE
+from .core.features import FEATURE_NAMES, PIXEL_FEATURES
 from .core.decision import CostSpec, ModelCost
 from .core.splits import SplitArrays
 
@@ -59,90 +58,17 @@ def cost_spec(train: SplitArrays, table: pd.DataFrame, cfg: Config) -> CostSpec:
                     float(train.energy_j[:, ref].mean()))
 
 
-class Member(nn.Module):
-    """One network of the router: signal columns float32 (n, S) and the thumbnail (n, 3, side, side) or
-    None -> correctness logits (n, K). With the thumbnail, a small CNN (three 3x3 convolutions of 8, 16
-    and ``image_embedding`` channels with ReLU, 2x2 max pooling after the first two, global max pooling)
-    embeds it and the MLP sees the signals ++ that learned image embedding. Convolutions and global
-    pooling recognise a shape or colour wherever it lies, which an MLP on the raw pixels cannot learn
-    from a few thousand questions."""
-
-    def __init__(self, n_signals: int, n_models: int, hidden: list, dropout: float, image_embedding: int):
-        super().__init__()
-        self.cnn = None
-        if image_embedding:
-            # ReLU: in onnxruntime a third cheaper than GELU's erf here. Pooling before the ReLU is the same
-            # function (max and ReLU commute) on a quarter of the values; parameters keep indices 0, 3, 6.
-            self.cnn = nn.Sequential(
-                nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-                nn.Conv2d(8, 16, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-                nn.Conv2d(16, image_embedding, 3, padding=1), nn.AdaptiveMaxPool2d(1), nn.ReLU(), nn.Flatten())
-        layers, width = [], n_signals + (image_embedding if self.cnn is not None else 0)
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
-            width = h
-        layers.append(nn.Linear(width, n_models))
-        self.mlp = nn.Sequential(*layers)
-
-    def forward(self, signals, image):
-        if self.cnn is None:
-            return self.mlp(signals)
-        # channels-last: torch's CPU convolutions and pooling run about 1.7x faster on it (the same function;
-        # the float rounding order differs, so training results move as with a seed)
-        return self.mlp(torch.cat([signals, self.cnn(image.contiguous(memory_format=torch.channels_last))], 1))
-
-
-class RouterNet(nn.Module):
-    """Standardised features float32 (n, F) -> correctness logits (n, K): a deep ensemble of ``members``
-    independently initialised ``Member`` networks, its P(correct) the mean of theirs (Lakshminarayanan
-    et al., NeurIPS 2017); the logits returned are that mean's. On real grades one network's ranking
-    of queries varies with its seed (BlindTest, threshold for 97% of cloud accuracy chosen on router-val,
-    on router-test: five seeds gave edge share 0.36 to 0.46 at 96.7% to 98.1%); the mean of three
-    varies less and ranks better (0.43 at 97.8%). The cost: ``members`` times the training time and
-    about 0.15 ms more per ONNX decision.
-
-    With ``n_pixels`` > 0 the last ``n_pixels`` columns are the THUMBNAIL_SIDE x THUMBNAIL_SIDE RGB
-    thumbnail (``features.PIXEL_FEATURES``), which each member's CNN embeds; ``image_embedding`` 0 drops
-    the thumbnail columns. Raises ValueError when ``n_pixels`` is neither 0 nor len(PIXEL_FEATURES)."""
-
-    def __init__(self, n_features: int, n_models: int, hidden: list, dropout: float, n_pixels: int = 0,
-                 image_embedding: int = 16, members: int = 1):
-        super().__init__()
-        if n_pixels and n_pixels != len(PIXEL_FEATURES):
-            raise ValueError(f"n_pixels must be len(PIXEL_FEATURES) = {len(PIXEL_FEATURES)}, got {n_pixels}")
-        self.n_signals = n_features - n_pixels
-        embed = image_embedding if n_pixels else 0
-        self.members = nn.ModuleList(Member(self.n_signals, n_models, hidden, dropout, embed) for _ in range(members))
-
-    def member_logits(self, x):
-        """Standardised features float32 (n, F) -> each member's logits, (members, n, K)."""
-        x = x.clamp(-ood.CLIP, ood.CLIP)  # standardised inputs clipped (ood module docstring), in the ONNX graph too
-        signals, image = x[:, :self.n_signals], None
-        if x.shape[1] > self.n_signals:
-            image = x[:, self.n_signals:].reshape(-1, 3, THUMBNAIL_SIDE, THUMBNAIL_SIDE)  # PIXEL_FEATURES: channel-first
-        return torch.stack([m(signals, image) for m in self.members])
-
-    @staticmethod
-    def combine(z):
-        """Members' logits (members, n, K) -> the ensemble's logits (n, K): the logit of the mean P."""
-        if len(z) == 1:
-            return z[0]
-        p = torch.sigmoid(z).mean(0).clamp(1e-7, 1 - 1e-7)
-        return torch.log(p) - torch.log1p(-p)
-
-    def forward(self, x):
-        return self.combine(self.member_logits(x))
-
-
 class RouterModule(L.LightningModule):
-    """Latency-energy-accuracy training of the complexity predictor.
+    """Latency-energy-accuracy training of the complexity predictor: the network ``cfg["arch"]``
+    (``nets.build``; its first ``n_features - n_pixels`` columns signals, then ``n_pixels`` thumbnail
+    pixels) under this loss.
 
     Per sample i and model m with logit z_im, p_im = sigmoid(z_im), observed VQA score s_im, latency
     l_im (s) and energy e_im (J):
 
     - correctness loss: BCE(z_im, s_im), averaged (with ``label_smoothing`` eps the targets are
       s_im * (1 - eps) + eps / 2); with ``members`` > 1 each member's BCE on its own logits in
-      training, the ensemble's (``RouterNet.combine``) in validation;
+      training, the ensemble's (``nets.RouterNet.combine``) in validation;
     - realised cost c_im = -s_im + lambda_latency * l_im / L_ref + lambda_energy * e_im / E_ref, with
       L_ref, E_ref the all-cloud means on router-train;
     - soft routing distribution pi_i = softmax_m(-(-p_im + lambda_latency * Lbar_m / L_ref +
@@ -159,7 +85,7 @@ class RouterModule(L.LightningModule):
         self.save_hyperparameters()
         rc = RouterConfig(**cfg)
         self.rc = rc
-        self.net = RouterNet(n_features, n_models, rc.hidden, rc.dropout, n_pixels, rc.image_embedding, rc.members)
+        self.net = nets.build(rc, n_features - n_pixels, n_pixels, n_models)
         self.register_buffer("prior_cost", torch.tensor(
             rc.lambda_latency * np.asarray(expected_latency_s) / ref_latency_s
             + rc.lambda_energy * np.asarray(expected_energy_j) / ref_energy_j, dtype=torch.float32))
@@ -210,7 +136,7 @@ class RouterDataModule(L.LightningDataModule):
 
     def __init__(self, train: SplitArrays, val: SplitArrays, batch_size: int, columns: int | None = None):
         super().__init__()
-        self.columns = columns  # the leading feature columns the network reads (None: all)
+        self.columns = columns  # the leading feature columns the network reads (nets.RouterNet.n_inputs; None: all)
         self.stats = ood.stats(train.x, val.x)
         self.mean = np.asarray(self.stats["mean"], dtype=np.float32)
         self.std = np.asarray(self.stats["std"], dtype=np.float32)
@@ -260,21 +186,26 @@ class _Batches:
 
 def fit(train: SplitArrays, val: SplitArrays, cost: CostSpec, rc: RouterConfig, out_dir: Path,
         loggers: bool | str = True, callbacks: list | None = None, progress: bool = True,
-        wandb_options: dict | None = None) -> tuple[RouterModule, RouterDataModule]:
-    """Train a router; the best epoch by ``val_loss`` is restored and saved as ``out_dir/best.ckpt``;
-    training stops early after ``rc.patience`` epochs without a better ``val_loss`` (0: never).
-    With ``loggers`` it logs to CSV and to wandb in offline mode under ``out_dir`` (``loggers="csv"``:
-    CSV only; ``wandb_options``: further ``WandbLogger`` arguments, e.g. group, name, config, save_dir).
-    An exception raised by a callback (e.g. ``optuna.TrialPruned``) propagates after the wandb run ends.
-    Returns the trained module (eval mode) and its data module (for the standardisation)."""
+        wandb_options: dict | None = None, thumbnail: bool = True) -> tuple[RouterModule, RouterDataModule]:
+    """Train a router (the network ``rc.arch``); the best epoch by ``val_loss`` is restored and saved as
+    ``out_dir/best.ckpt``; training stops early after ``rc.patience`` epochs without a better ``val_loss``
+    (0: never). ``thumbnail``: the columns of ``x`` are ``FEATURE_NAMES``, the thumbnail's
+    ``PIXEL_FEATURES`` last (what the pipeline and the exported router use); False: ``x`` holds signal
+    columns only (a baseline's subset). With ``loggers`` it logs to CSV and to wandb in offline mode under
+    ``out_dir`` (``loggers="csv"``: CSV only; ``wandb_options``: further ``WandbLogger`` arguments, e.g.
+    group, name, config, save_dir). An exception raised by a callback (e.g. ``optuna.TrialPruned``)
+    propagates after the wandb run ends. Raises ValueError when ``thumbnail`` is set and ``x`` is not
+    ``len(FEATURE_NAMES)`` wide. Returns the trained module (eval mode) and its data module (for the
+    standardisation)."""
+    if thumbnail and train.x.shape[1] != len(FEATURE_NAMES):
+        raise ValueError(f"features have {train.x.shape[1]} columns, expected {len(FEATURE_NAMES)} (FEATURE_NAMES, "
+                         "thumbnail last); pass thumbnail=False for a subset of signal columns")
     L.seed_everything(rc.seed, verbose=False)
-    # all FEATURE_NAMES columns: the last ones are the thumbnail (a column subset, as baselines use, has none)
-    n_pixels = len(PIXEL_FEATURES) if train.x.shape[1] == len(FEATURE_NAMES) else 0
-    dm = RouterDataModule(train, val, rc.batch_size,
-                          columns=train.x.shape[1] - n_pixels if n_pixels and not rc.image_embedding else None)
+    n_pixels = len(PIXEL_FEATURES) if thumbnail else 0
     lat, en = cost.costs()
     module = RouterModule(train.x.shape[1], train.score.shape[1], dict(rc.__dict__), lat.tolist(), en.tolist(),
                           cost.ref_latency_s, cost.ref_energy_j, n_pixels)
+    dm = RouterDataModule(train, val, rc.batch_size, columns=module.net.n_inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_loss",
                                                enable_version_counter=False)

@@ -72,7 +72,7 @@ def test_missing_required_and_name_options(tmp_path):
     ("no_such_pkg.mod:Missing", r"cannot import module 'no_such_pkg.mod' \(ModuleNotFoundError"),
     ("plugin_backend:NOT_A_CLASS", r"plugin_backend.NOT_A_CLASS is not a class \(a int\)"),
     ("transformer", r"unknown backend; known: \['openai', 'reference', 'replay', 'transformers'\]"),
-    (":EchoBackend", "expected a registered kind or 'package.module:ClassName'"),
+    (":EchoBackend", "expected a registered name or 'package.module:ClassName'"),
 ])
 def test_unresolvable_backend_fails_at_load(tmp_path, backend, match):
     with pytest.raises(ValueError, match=match) as e:

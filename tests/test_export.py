@@ -1,5 +1,5 @@
-"""The exported graph (``export.FusedEnsemble`` written by ``export.write_onnx``) computes the ensemble's
-P(correct) (``fit.RouterNet``), members fused into one pass, in torch and in onnxruntime."""
+"""The exported graph (``nets.RouterNet.exportable`` written by ``export.write_onnx``) computes the network's
+P(correct): for the default ``ThumbnailCNN`` its members fused into one pass, in torch and in onnxruntime."""
 
 import types
 
@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from router_training import export, fit, search
+from router_training import export, nets, search
+from router_training.config import RouterConfig
 from router_training.core.features import FEATURE_NAMES, PIXEL_FEATURES
 
 N_SIGNALS = len(FEATURE_NAMES) - len(PIXEL_FEATURES)
@@ -20,7 +21,8 @@ N_SIGNALS = len(FEATURE_NAMES) - len(PIXEL_FEATURES)
 def test_fused_ensemble_equals_the_ensemble_in_torch_and_onnxruntime(members, thumbnail, tmp_path):
     torch.manual_seed(members)
     width = len(FEATURE_NAMES)  # what fit.fit trains an exported router on; "none": image_embedding 0, no CNN
-    net = fit.RouterNet(width, 3, [24, 12], 0.2, len(PIXEL_FEATURES), 0 if thumbnail == "none" else 8, members)
+    rc = RouterConfig(hidden=[24, 12], dropout=0.2, image_embedding=0 if thumbnail == "none" else 8, members=members)
+    net = nets.build(rc, N_SIGNALS, len(PIXEL_FEATURES), 3)
     if thumbnail == "masked":  # what search does for a trial without the thumbnail: CNN folded into a bias
         mask = np.ones(len(FEATURE_NAMES), bool)
         mask[N_SIGNALS:] = False
@@ -29,7 +31,7 @@ def test_fused_ensemble_equals_the_ensemble_in_torch_and_onnxruntime(members, th
     x = (torch.randn(9, width) * 2.5).float()  # beyond the +-CLIP range too
     with torch.no_grad():
         want = torch.sigmoid(net(x)).numpy()
-        fused = export.FusedEnsemble(net).eval()(x).numpy()
+        fused = nets.thumbnail_cnn.FusedEnsemble(net).eval()(x).numpy()
     np.testing.assert_allclose(fused, want, atol=1e-6)
     path = export.write_onnx(net, tmp_path / "router.onnx")
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"features": x.numpy()})[0]

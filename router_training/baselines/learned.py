@@ -52,7 +52,7 @@ _COLUMNS = {"image": [FEATURE_NAMES.index(f) for f in IMAGE_FEATURES],
 @register("mlp_text", columns="text")
 @register("mlp_image", columns="image")  # decorators apply bottom-up: registry order image, text, both, ...
 class FeatureMLP(ProbBaseline):
-    """The project's complexity predictor (``fit.RouterNet`` trained by ``fit.fit``: BCE plus the
+    """The project's complexity predictor (``router.arch``'s network trained by ``fit.fit``: BCE plus the
     expected cost of soft routing) on a subset of the features: ``columns`` "image" (IMAGE_FEATURES),
     "text" (TEXT_FEATURES), "both" (the two: hand-crafted signals without learned embeddings),
     "signals" (both + the WORD_FEATURES the router learns word embeddings from; no thumbnail, so no
@@ -88,7 +88,8 @@ class FeatureMLP(ProbBaseline):
         rc = ctx.router_config or RouterConfig()
         rc = dataclasses.replace(rc, seed=ctx.seed, **({"epochs": ctx.epochs} if ctx.epochs else {}))
         with tempfile.TemporaryDirectory(prefix="baseline-") as tmp, single_thread():
-            self.module, self.dm = fit.fit(tr, va, cost, rc, Path(tmp), loggers=False, progress=False)
+            self.module, self.dm = fit.fit(tr, va, cost, rc, Path(tmp), loggers=False, progress=False,
+                                           thumbnail=self.columns == "all" and not self.embedding)
 
     def probs(self, split):
         from .. import fit

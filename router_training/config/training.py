@@ -10,8 +10,12 @@ from .base import _build
 
 @dataclass
 class RouterConfig:
-    """Complexity predictor and its latency-energy-accuracy loss (see ``fit.RouterModule``)."""
+    """Complexity predictor and its latency-energy-accuracy loss (see ``fit.RouterModule``). ``arch``:
+    the network (``nets``: a registered name or "package.module:ClassName"), built with ``arch_options``
+    as keyword arguments; both are checked here, naming an unknown architecture or option."""
 
+    arch: str = "thumbnail_cnn"
+    arch_options: dict = field(default_factory=dict)
     hidden: list = field(default_factory=lambda: [64, 64])
     dropout: float = 0.1
     lr: float = 3e-3
@@ -23,9 +27,9 @@ class RouterConfig:
     cost_weight: float = 0.1
     temperature: float = 0.1
     label_smoothing: float = 0.0  # BCE targets s * (1 - eps) + eps / 2
-    image_embedding: int = 16  # width of the CNN embedding of the thumbnail (fit.RouterNet); 0: no thumbnail
+    image_embedding: int = 16  # width of the CNN embedding of the thumbnail (nets.ThumbnailCNN); 0: no thumbnail
     patience: int = 10  # early stopping: epochs without a better val_loss before training stops; 0: off
-    members: int = 3  # deep ensemble: networks averaged (fit.RouterNet); 1: a single network
+    members: int = 3  # deep ensemble: networks averaged (nets.ThumbnailCNN); 1: a single network
     seed: int = 0
 
     def __post_init__(self):
@@ -40,6 +44,12 @@ class RouterConfig:
         e = self.image_embedding
         if isinstance(e, bool) or not isinstance(e, int) or e < 0:
             raise ValueError(f"router.image_embedding must be an integer >= 0 (0: no thumbnail CNN), got {e!r}")
+        if not isinstance(self.arch, str) or not isinstance(self.arch_options, dict):
+            raise ValueError(f"router.arch must be a string and router.arch_options a mapping, got "
+                             f"{self.arch!r} and {self.arch_options!r}")
+        from .. import nets  # torch: only where a router section is built
+
+        nets.check_options(self.arch, self.arch_options)
 
 
 @dataclass

@@ -9,7 +9,7 @@ Three rules, each applied the same way in training, in the exported model and on
   that barely varied in training (a thumbnail pixel that is white in every training image: sd 0.003)
   turns an ordinary value from elsewhere into thousands of standard deviations.
 - Clipping: the standardised inputs are clipped to [-CLIP, CLIP] inside the router network
-  (``fit.RouterNet.forward``), so torch, the exported ONNX graph and every caller agree; a value beyond
+  (``nets.RouterNet.member_logits``), so torch, the exported ONNX graph and every caller agree; a value beyond
   CLIP standard deviations was at most rare in training, and no input can push a logit arbitrarily far.
 - The score (``ood_score``): per query, the share of features outside router-train's range [min, max]
   (a NaN counts as outside), averaged over the four feature groups (image signals, text signals, hashed

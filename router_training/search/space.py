@@ -11,7 +11,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from .. import fit
 from ..config import FEATURE_GROUPS, RouterConfig, SearchConfig
-from ..core.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, THUMBNAIL_SIDE, WORD_FEATURES
+from ..core.features import FEATURE_NAMES, IMAGE_FEATURES, PIXEL_FEATURES, TEXT_FEATURES, WORD_FEATURES
 from ..core.splits import SplitArrays
 
 ALL_GROUPS = "+".join(FEATURE_GROUPS)
@@ -71,21 +71,6 @@ def masked(split: SplitArrays, mask: np.ndarray) -> SplitArrays:
 
 def ignore_masked_inputs(module: fit.RouterModule, mask: np.ndarray) -> fit.RouterModule:
     """Make the router ignore the masked-out feature columns whatever values the runtime computes for
-    them: it was trained on constant zeros there, so the MLP's first-layer weights on masked signal
-    columns are zeroed; a masked thumbnail's CNN is removed, its embedding replaced by the constant it
-    had in training (the embedding of an all-zero thumbnail, folded into the first layer's bias), so the
-    exported router does not run a CNN whose output nothing reads."""
-    import torch
-
-    n = module.net.n_signals
-    with torch.no_grad():
-        for net in module.net.members:
-            first = net.mlp[0]
-            first.weight[:, :n][:, torch.from_numpy(~mask[:n])] = 0.0
-            if net.cnn is not None and not mask[n:].any():
-                emb = net.cnn(torch.zeros(1, 3, THUMBNAIL_SIDE, THUMBNAIL_SIDE))[0]
-                folded = torch.nn.Linear(n, first.out_features)
-                folded.weight.copy_(first.weight[:, :n])
-                folded.bias.copy_(first.bias + first.weight[:, n:] @ emb)
-                net.mlp[0], net.cnn = folded, None
+    them (it was trained on constant zeros there): ``nets.RouterNet.ignore_inputs``. Returns ``module``."""
+    module.net.ignore_inputs(mask)
     return module
