@@ -56,7 +56,9 @@ def check_options(arch: str, options: dict) -> None:
 
 
 def build(rc, n_signals: int, n_pixels: int, n_models: int) -> "RouterNet":
-    """The network ``rc.arch`` (a ``RouterConfig``) with ``rc.arch_options``; see ``RouterNet``."""
+    """The network ``rc.arch`` (a ``RouterConfig``) with ``rc.arch_options``, for ``n_signals`` signal
+    columns, ``n_pixels`` thumbnail columns and ``n_models`` outputs; see ``RouterNet``. Raises ValueError
+    as ``resolve`` does."""
     return resolve(rc.arch)(n_signals, n_pixels, n_models, rc, **rc.arch_options)
 
 
