@@ -4,6 +4,12 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/easyvqa.yaml
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE := offline
+# The install skips byte-compiling (--no-compile: ~95 s, mostly modules never imported); Python then
+# compiles what it imports on first use and caches it, unless PYTHONDONTWRITEBYTECODE is set (it is on
+# some CI and sandbox machines), which would recompile on every start: 18 s more per process that imports
+# the training stack. So the recipes below always let Python write its .pyc files (into .venv/ and
+# __pycache__/, both git-ignored).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install demo test
 

@@ -112,6 +112,8 @@ def test_router_train_serve_in_process_with_the_openai_client(tiny_run, tmp_path
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
-    assert "router-train serve: tiny" in out and "Traceback" not in out
+    assert "router-train serve: starting tiny" in out and "Traceback" not in out
+    # "ready" is printed once the in-process models are loaded, after "starting", with the address to call
+    assert out.index("starting tiny") < out.index(f"ready on http://127.0.0.1:{port}/v1")
     rows = decision_log.read(log)
     assert [(r["route"], r["stream"]) for r in rows] == [("router", False), ("direct", True)]

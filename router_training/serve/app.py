@@ -39,8 +39,10 @@ def _error(status: int, message: str, code: str, type: str = "invalid_request_er
     return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def create_app(gateway: Gateway):
-    """The Starlette application serving ``gateway`` (started and closed with the app's lifespan)."""
+def create_app(gateway: Gateway, on_ready=None):
+    """The Starlette application serving ``gateway`` (started and closed with the app's lifespan);
+    ``on_ready()``, when given, is called once the gateway has started (upstream clients open, in-process
+    models loaded), just before the server accepts connections."""
     import contextlib
 
     from starlette.applications import Starlette
@@ -111,6 +113,8 @@ def create_app(gateway: Gateway):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await gateway.start()
+        if on_ready is not None:
+            on_ready()
         try:
             yield
         finally:
@@ -148,8 +152,17 @@ def serve(artifact: str | Path, endpoints: str | Path, host: str | None = None, 
         log.warning("serving on %s without a bearer token (server.token_env): anyone who reaches this address "
                     "can use the upstreams", host)
     gateway = Gateway(artifact, cfg)
-    app = create_app(gateway)
     where = f"http://{host}:{port}/v1"
-    print(f"router-train serve: {gateway.router.manifest.name or artifact} ({', '.join(gateway.models)}) "
-          f"on {where}; decision log {gateway.log.path if gateway.log else 'off'}", flush=True)
+    what = f"{gateway.router.manifest.name or artifact} ({', '.join(gateway.models)})"
+    loading = [m for m in gateway.models if gateway.upstreams[m].in_process]
+    # in-process models load before the server listens (a minute on a first start, while Python compiles
+    # the installed packages): say so, and say "ready" only once requests can be answered
+    print(f"router-train serve: starting {what}" + (f"; loading the in-process models {', '.join(loading)}"
+                                                    if loading else ""), flush=True)
+
+    def ready():
+        print(f"router-train serve: {what} ready on {where}; decision log "
+              f"{gateway.log.path if gateway.log else 'off'}", flush=True)
+
+    app = create_app(gateway, ready)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
