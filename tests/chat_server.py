@@ -33,7 +33,9 @@ bytes * seconds_per_byte`` before answering: a cloud slowed in proportion to the
 as an uplink of ``8 / seconds_per_byte`` bit/s would), ``kill()`` (stop listening and cut every open
 connection: a crashed server, as its clients see it).
 
-``ChatServer.requests`` records each request (question, Authorization header, body size, decoded
+``reply_headers`` are added to every reply (e.g. a ``Set-Cookie``).
+
+``ChatServer.requests`` records each request (question, Authorization and Cookie headers, body size, decoded
 image size, reply status, client port); ``max_in_flight`` is the most requests handled at once. It
 speaks HTTP/1.1 with keep-alive, as real servers do; with ``drop_after_reply`` it closes each connection
 after its reply without a ``Connection: close`` header (a server's idle keep-alive timeout, as the client
@@ -79,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
+        for k, v in {**self.server.reply_headers, **(headers or {})}.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
@@ -116,7 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self):
         srv = self.server
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        rec = {"path": self.path, "auth": self.headers.get("Authorization"), "body_bytes": len(raw),
+        rec = {"path": self.path, "auth": self.headers.get("Authorization"), "cookie": self.headers.get("Cookie"),
+               "body_bytes": len(raw),
                "question": None, "text": None, "image_size": None, "status": None,
                "client_port": self.client_address[1], "stream": False}
         with srv.lock:
@@ -254,6 +257,7 @@ class ChatServer(ThreadingHTTPServer):
         self.force = ""
         self.base_delay_s = 0.0
         self.seconds_per_byte = 0.0
+        self.reply_headers = {}  # sent with every reply (e.g. a Set-Cookie)
         self.models = ["test-vlm"]
         self.files: dict[str, bytes] = {}
         self._open: set[socket.socket] = set()

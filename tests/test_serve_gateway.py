@@ -118,6 +118,20 @@ def test_a_model_name_bypasses_the_router_and_unknown_names_are_404(artifact, se
         ("direct", 200, ""), ("", 404, "model_not_found")]
 
 
+def test_upstream_cookies_are_not_carried_into_other_requests(artifact, servers, tmp_path):
+    """An upstream's Set-Cookie answers one user's request; a gateway that kept it (a shared cookie jar,
+    as an httpx.AsyncClient has) would send it with every later user's request."""
+    edge, cloud = servers
+    cloud.reply_headers = {"Set-Cookie": "session=user-a; Path=/"}
+    with serve(artifact, edge, cloud, tmp_path) as g:
+        client = openai_client(g.base_url)
+        for colour in ("white", "red", "blue"):
+            raw = client.chat.completions.with_raw_response.create(model="cloud", messages=messages("c?", solid(colour)))
+            assert raw.parse().choices[0].message.content == colour
+    assert [r["status"] for r in cloud.requests] == [200, 200, 200]
+    assert [r["cookie"] for r in cloud.requests] == [None, None, None]
+
+
 def test_text_only_requests_go_to_the_always_eligible_cloud_model(artifact, servers, tmp_path):
     edge, cloud = servers
     with serve(artifact, edge, cloud, tmp_path) as g:
