@@ -116,7 +116,7 @@ class HTTPUpstream:
     cookie jar shared by every request (a gateway must not send one user's upstream cookies with
     another user's request), redirects and auth, none of which a gateway wants, and costs ~0.15 ms per
     call (measured side by side against the test chat server on a 2-core x86 VM: 0.89 vs 0.74 ms).
-    The pool, timeouts and httpx's exception classes are the same.""" 
+    The pool, timeouts and httpx's exception classes are the same."""
 
     in_process = False
 
