@@ -195,7 +195,7 @@ def stage_features(cfg: Config) -> pd.DataFrame:
         if r["image_id"] not in per_image:
             per_image[r["image_id"]] = features.image_parts(r["image"])
         img, pixels = per_image[r["image_id"]]
-        rows.append(np.concatenate([img, features.question_features(r["question"]), pixels]))
+        rows.append(features.assemble(img, features.question_features(r["question"]), pixels))
     df = pd.DataFrame(np.stack(rows), columns=list(features.FEATURE_NAMES))
     df.insert(0, "sample_id", ds["sample_id"])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,9 @@ class Router:
         # thresholds tuned on router-val per uplink (tune.tune_grid), ascending; [] = the decision's alone
         self._grid = sorted(manifest.network_grid, key=lambda g: g["uplink_mbps"])
         self._grid_rules = [DecisionRule.from_dict(g) for g in self._grid]
+        # route()'s rule at the profile's network, in plain Python (None: the rule is invalid, so decide raises)
+        self._choose_one = (self.rule.chooser(self.cost, *self._costs) if any(t <= 0 for t in self.rule.thresholds)
+                            else None)
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":
@@ -102,7 +105,7 @@ class Router:
 
     def predict(self, feats: np.ndarray) -> np.ndarray:
         """Raw features float (n, F) -> predicted P(correct) float32 (n, K)."""
-        x = ((np.atleast_2d(feats) - self.mean) / self.std).astype(np.float32)
+        x = ((np.atleast_2d(feats) - self.mean) / self.std).astype(np.float32, copy=False)
         return self.session.run(None, {self._input: x})[0]
 
     def decision_at(self, uplink_mbps: float | None = None) -> DecisionRule:
@@ -140,8 +143,8 @@ class Router:
         The cloud models' network cost is that of ``payload_bytes`` (what this query sends, e.g. the
         request body the gateway forwards) when given, else of the mean payload measured at collection
         (``Router.cost.models[k].mean_payload_bytes``), not this image's size."""
-        text, warning = features.check_question(question)
-        feats = features.extract(image, text, self.max_pixels)[None]
+        feats, warning = features.query(image, question, self.max_pixels)
+        feats = feats[None]
         probs = self.predict(feats)
         score = self.ood_scores(feats)
         limit, policy = self.ood_settings()
@@ -151,7 +154,10 @@ class Router:
             warnings.append(f"out of distribution: score {score[0]:.3f} > limit {limit:.3f}; "
                             + ("sent to the cloud (ood policy 'cloud')" if policy == "cloud" else "routed as usual"))
         choose = np.where(self._cloud, probs, -np.inf) if flagged and policy == "cloud" else probs
-        k = int(self.decide(choose, uplink_mbps, rtt_s, payload_bytes)[0])
+        if self._choose_one is not None and uplink_mbps is None and rtt_s is None and payload_bytes is None:
+            k = self._choose_one(choose[0].tolist())  # = decide(choose)[0]
+        else:
+            k = int(self.decide(choose, uplink_mbps, rtt_s, payload_bytes)[0])
         return Decision(self.models[k], self.tiers[k], dict(zip(self.models, probs[0].tolist())),
                         None if score is None else float(score[0]), flagged, warnings)
 

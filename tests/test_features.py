@@ -73,6 +73,27 @@ def test_thumbnail_keeps_thin_lines_of_a_large_drawing():
     np.testing.assert_allclose(np.delete(t, 15, axis=2), 1.0)
 
 
+def test_thumbnail_subsample_keeps_every_stroke_two_pixels_wide():
+    """From SUBSAMPLE_SIDE px up the thumbnail box-filters every other row and column (half the memory
+    read per query): a stroke 2 px wide, vertical or horizontal, at any offset, still darkens one
+    thumbnail column or row by 1/16 (one sampled line of the 16 that a 1024 px drawing puts in each
+    thumbnail pixel); below SUBSAMPLE_SIDE every pixel is averaged, as before."""
+    side = F.THUMBNAIL_SIDE
+    for offset in range(4):
+        a = np.full((1024, 1024, 3), 255, np.uint8)
+        a[:, 500 + offset:502 + offset] = 0
+        t = F.thumbnail(Image.fromarray(a)).reshape(3, side, side)[0]
+        sampled = 500 + offset + (offset % 2 == 0)  # the stroke's odd column: the one the subsample keeps
+        hit = sampled // 2 * side // 512  # its thumbnail column
+        np.testing.assert_allclose(t[:, hit], 1 - 1 / 16, atol=0.01)
+        np.testing.assert_allclose(np.delete(t, hit, axis=1), 1.0)
+        tt = F.thumbnail(Image.fromarray(a.transpose(1, 0, 2).copy())).reshape(3, side, side)[0]
+        np.testing.assert_array_equal(tt, t.T)  # a horizontal stroke: the same, transposed
+    small = np.full((F.SUBSAMPLE_SIDE - 1, F.SUBSAMPLE_SIDE - 1, 3), 255, np.uint8)
+    small[:, 40] = 0  # a 1-px line at an even column: averaged in below SUBSAMPLE_SIDE
+    assert F.thumbnail(Image.fromarray(small)).min() < 0.95
+
+
 # The two buckets of "circle" (halves of its 8-byte BLAKE2b digest mod 128), pinned: exported routers
 # depend on these buckets, so a change must be deliberate (a new feature version), not an accident.
 WORD_BUCKETS_CIRCLE = (61, 27)

@@ -165,6 +165,15 @@ def test_ood_score_weights_the_four_groups_equally():
     s = ood.ood_score(x, lo, hi)
     assert s[0] == 0.0 and s[1] == pytest.approx(0.25) and s[2] == pytest.approx(0.25 / len(F.PIXEL_FEATURES))
     assert ood.group_counts(x[1], lo, hi) == {"image": len(F.IMAGE_FEATURES), "text": 0, "words": 0, "pixels": 0}
+    # one query at a time (the device's path) gives the batch's scores, and both the definition's
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(20, n)).astype(np.float32) * rng.uniform(0.2, 3.0, size=(20, 1))
+    y[3, ::7] = np.nan
+    batch = ood.ood_score(y, lo - 1.0, hi)
+    by_hand = np.mean([(~((y[:, c] >= lo[c] - 1.0) & (y[:, c] <= hi[c]))).mean(1) for c in ood._SLICES.values()], 0)
+    np.testing.assert_allclose(batch, by_hand, rtol=1e-12)
+    assert [ood.ood_score(row, lo - 1.0, hi)[0] for row in y] == batch.tolist()
+    assert len(set(batch.tolist())) > 10
     with pytest.raises(ValueError, match="needs all"):
         ood.ood_score(x[:, :10], lo[:10], hi[:10])
 

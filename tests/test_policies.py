@@ -204,3 +204,29 @@ def test_router_policy_is_one_hot_of_decide(split):
     m = P.metrics(a, split, TIERS, CLOUD)
     assert m["accuracy"] == pytest.approx((1.0 + 0.6 + 0.0) / 3)
     assert m["edge_share"] == pytest.approx(2 / 3)
+
+
+def test_the_one_query_chooser_gives_decides_index():
+    """DecisionRule.chooser (the device's per-query rule in plain Python) against decide on 3,000 rows:
+    probabilities on a coarse grid so that ties and probabilities equal to a threshold occur, rows of
+    NaN (no model eligible) and -inf (the out-of-distribution policy's masked edge models)."""
+    from router_training.core.decision import CostSpec, DecisionRule, ModelCost
+    from router_training.core.profile import DeploymentProfile
+
+    profile = DeploymentProfile("p", 10.0, 2.0, 1.5, 20.0, 50.0, 0.05)
+    cost = CostSpec((ModelCost("a", "edge", 0.3, 0.0), ModelCost("b", "edge", 0.1, 0.0),
+                     ModelCost("c", "cloud", 0.2, 40_000.0)), profile, 0.4, 2.5)
+    lat, en = cost.costs()
+    rng = np.random.default_rng(0)
+    probs = rng.integers(0, 11, size=(3000, 3)) / 10.0
+    probs[::97] = np.nan
+    probs[1::89, :2] = -np.inf
+    for thresholds in [(0.5, 0.5, 0.0), (0.0, 0.3, 0.0), (NEVER_THRESHOLD, 0.6, 0.0)]:
+        for lambdas in [(0.0, 0.0), (0.3, 0.1), (2.0, 0.0)]:
+            rule = DecisionRule(thresholds, *lambdas)
+            one = rule.chooser(cost, lat, en)
+            got = [one(row.tolist()) for row in probs]
+            np.testing.assert_array_equal(got, rule.choose(probs, cost, lat, en))
+    assert len(set(got)) == 3  # every model chosen somewhere: the comparison is not vacuous
+    with pytest.raises(ValueError, match="threshold 0"):
+        DecisionRule((0.5, 0.5, 0.1)).chooser(cost, lat, en)

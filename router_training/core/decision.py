@@ -141,6 +141,29 @@ class DecisionRule:
         return decide(probs, latency_s, energy_j, np.asarray(self.thresholds), self.lambda_latency,
                       self.lambda_energy, cost.ref_latency_s, cost.ref_energy_j)
 
+    def chooser(self, cost: CostSpec, latency_s: np.ndarray, energy_j: np.ndarray):
+        """``choose`` for one query at fixed expected costs ``latency_s``, ``energy_j`` float (K,), in plain
+        Python: a function of the query's K probabilities (a sequence of floats) -> model index (int).
+        It does ``decide``'s float64 operations in the same order and takes the first minimum, so it gives
+        the same index; on a handful of models one numpy call costs more than the whole rule (the device
+        runtime decides one query at a time). Raises ValueError as ``decide`` does."""
+        if not any(t <= 0 for t in self.thresholds):
+            raise ValueError("at least one model (a cloud model) must have threshold 0 so every query has a route")
+        terms = [(float(t), self.lambda_latency * float(lat) / cost.ref_latency_s,
+                  self.lambda_energy * float(en) / cost.ref_energy_j)
+                 for t, lat, en in zip(self.thresholds, latency_s, energy_j)]
+
+        def choose_one(probs) -> int:
+            best, chosen = np.inf, 0  # no eligible model (NaN probabilities): index 0, as argmin of all-inf
+            for k, (p, (t, lat_term, en_term)) in enumerate(zip(probs, terms)):
+                if p >= t:
+                    c = -p + lat_term + en_term
+                    if c < best:
+                        best, chosen = c, k
+            return chosen
+
+        return choose_one
+
     def to_dict(self) -> dict:
         """{"thresholds": [...], "lambda_latency", "lambda_energy"}: the layout of a manifest's decision."""
         return {"thresholds": [float(t) for t in self.thresholds], "lambda_latency": float(self.lambda_latency),

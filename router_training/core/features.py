@@ -83,10 +83,11 @@ FEATURE_NAMES: tuple[str, ...] = IMAGE_FEATURES + TEXT_FEATURES + WORD_FEATURES 
 
 # Bumped whenever a feature's definition changes (same names, other values): cached feature tables and
 # exported routers of another version are then recomputed / refused instead of silently mismatched.
-FEATURE_VERSION = 6
+FEATURE_VERSION = 7
 EDGE_THRESHOLD = 100.0  # Sobel magnitude on grey 0..255; = a 25-grey-level step edge
 JPEG_QUALITY = 75
 ANALYSIS_MAX_SIDE = 64  # global pixel statistics on at most 64 px (easy-VQA's 64 px images are analysed whole)
+SUBSAMPLE_SIDE = 4 * THUMBNAIL_SIDE  # the CNN thumbnail box-filters every other pixel from this side up (thumbnail)
 SHARPNESS_CROP = 64  # blur and noise on the central 64 x 64 px of the working image (images.load)
 
 _AUX = frozenset(
@@ -244,18 +245,26 @@ def thumbnail(image, max_pixels: int | None = None) -> np.ndarray:
     its brightest channel value, so 0..1 whatever the exposure (brightness itself is an IMAGE_FEATURES
     column).  ``image`` as for ``image_features``.
 
-    A box filter averages every pixel, so a line one pixel wide in a 1024 px drawing still reaches the
-    thumbnail as a faint stroke; nearest-neighbour sampling (the statistics' ``analysis_views``) drops
-    most of it, and on BlindTest's line drawings that cost the router ~0.04 edge share at 97% of cloud
-    accuracy. Pillow's ``reducing_gap=2`` (an integer ``reduce`` first) keeps the cost near one read of
-    the pixels: ~1.2 ms for 1152 x 1152 px on a 2-core x86 CPU, against ~20 ms to decode that PNG.
-    Raises ValueError for a 0-pixel image."""
+    When both sides are at least SUBSAMPLE_SIDE px, every other row and column is taken first (a 2x
+    nearest-neighbour subsample), so each thumbnail pixel still averages at least 2 x 2 samples.
+
+    A box filter averages its pixels, so a line a few pixels wide in a 1024 px drawing still reaches the
+    thumbnail as a faint stroke; nearest-neighbour sampling at thumbnail scale (the statistics'
+    ``analysis_views``) drops most of it, and on BlindTest's line drawings that cost the router ~0.04 edge
+    share at 97% of cloud accuracy. The 2x subsample keeps any stroke 2 px or wider (a 1-px line survives
+    in one sampled row or column of two) and halves the memory read, the per-query cost at 512 px and
+    above: a 512 px query's ``Router.route`` took 12% less (benchmarks/decision_overhead.py's setting).
+    Pillow's ``reducing_gap=2`` (an integer ``reduce`` first) keeps the rest near one read of the sampled
+    pixels. Raises ValueError for a 0-pixel image."""
     return _thumbnail_of(_views(image, max_pixels)[1])
 
 
 def _thumbnail_of(work: Image.Image) -> np.ndarray:
     """``thumbnail`` from the working image."""
     side = THUMBNAIL_SIDE
+    w, h = work.size
+    if min(w, h) >= SUBSAMPLE_SIDE:
+        work = work.resize((w // 2, h // 2), Image.Resampling.NEAREST)  # pixel (2i + 1, 2j + 1) for even sides
     small = work.resize((side, side), Image.Resampling.BOX, reducing_gap=2.0)
     a = np.asarray(small).transpose(2, 0, 1).ravel()
     return a.astype(np.float32) / np.float32(max(int(a.max()), 1))
@@ -406,13 +415,30 @@ def _words_of(tokens: list[str]) -> np.ndarray:
 def question_features(question: str) -> np.ndarray:
     """Every question feature, float32 shape (len(TEXT_FEATURES) + WORD_BUCKETS,): text_features ++
     word_features of the text ``check_question`` gives (so raises QuestionError as it does)."""
-    text = check_question(question)[0]
+    return _question_of(check_question(question)[0])
+
+
+def _question_of(text: str) -> np.ndarray:
+    """``question_features`` of a text ``check_question`` gave."""
     t = _tokens(text)
     return np.concatenate([_text_of(text, t), _words_of(t)])
+
+
+def assemble(image_feats: np.ndarray, question_feats: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """The FEATURE_NAMES vector, float32 (len(FEATURE_NAMES),), from ``image_features``,
+    ``question_features`` and ``thumbnail``: the one place that fixes their order."""
+    return np.concatenate([image_feats, question_feats, pixels])
+
+
+def query(image, question: str, max_pixels: int | None = None) -> tuple[np.ndarray, str | None]:
+    """(``extract``'s vector, ``check_question``'s warning or None) of one query: what the device computes
+    per query. Raises as ``check_question`` and ``image_features``."""
+    text, warning = check_question(question)
+    img, pixels = image_parts(image, max_pixels)
+    return assemble(img, _question_of(text), pixels), warning
 
 
 def extract(image, question: str, max_pixels: int | None = None) -> np.ndarray:
     """All features, float32 shape (len(FEATURE_NAMES),): image_features ++ question_features ++
     thumbnail; ``image`` as for ``image_features``."""
-    img, pixels = image_parts(image, max_pixels)
-    return np.concatenate([img, question_features(question), pixels])
+    return query(image, question, max_pixels)[0]

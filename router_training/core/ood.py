@@ -33,7 +33,6 @@ for _name, _cols in GROUPS.items():
     _SLICES[_name] = slice(_start, _start + len(_cols))
     _start += len(_cols)
 assert _start == len(FEATURE_NAMES) and all(FEATURE_NAMES[_SLICES[g]] == c for g, c in GROUPS.items())
-_STARTS = np.array([s.start for s in _SLICES.values()])
 _SIZES = np.array([len(c) for c in GROUPS.values()], dtype=np.float64)
 
 
@@ -63,11 +62,17 @@ def ood_score(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     the mean over GROUPS of the share of the group's features outside [lo, hi] (router-train's
     ``feature_range``; from an artifact: ``Manifest.features.min``, ``.max``). Raises
     ValueError for another number of columns."""
-    out = outside(x, lo, hi)
-    if out.shape[1] != len(FEATURE_NAMES):
-        raise ValueError(f"ood_score needs all {len(FEATURE_NAMES)} feature columns, got {out.shape[1]}")
-    per_group = np.add.reduceat(out, _STARTS, axis=1, dtype=np.int64) / _SIZES  # (n, 4) shares, one call
-    return per_group.mean(1)
+    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    if x.shape[1] != len(FEATURE_NAMES):
+        raise ValueError(f"ood_score needs all {len(FEATURE_NAMES)} feature columns, got {x.shape[1]}")
+    inside = x >= lo  # NaN: False, so outside
+    inside &= x <= hi
+    total = np.zeros(len(x))
+    for s, size in zip(_SLICES.values(), _SIZES):  # the groups' shares outside, summed in group order
+        # one query (the device): count_nonzero on a flat slice costs a fifth of its axis=1 form
+        n_in = np.count_nonzero(inside[0, s]) if len(x) == 1 else np.count_nonzero(inside[:, s], axis=1)
+        total += (size - n_in) / size
+    return total / len(_SIZES)
 
 
 def group_counts(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[str, int]:
