@@ -71,8 +71,10 @@ class Router:
         self._grid = sorted(manifest.network_grid, key=lambda g: g["uplink_mbps"])
         self._grid_rules = [DecisionRule.from_dict(g) for g in self._grid]
         # route()'s rule at the profile's network, in plain Python (None: the rule is invalid, so decide raises)
-        self._choose_one = (self.rule.chooser(self.cost, *self._costs) if any(t <= 0 for t in self.rule.thresholds)
-                            else None)
+        try:
+            self._choose_one = self.rule.chooser(self.cost, *self._costs)
+        except ValueError:
+            self._choose_one = None
 
     @classmethod
     def load(cls, path: str | Path) -> "Router":

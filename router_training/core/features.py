@@ -253,7 +253,8 @@ def thumbnail(image, max_pixels: int | None = None) -> np.ndarray:
     ``analysis_views``) drops most of it, and on BlindTest's line drawings that cost the router ~0.04 edge
     share at 97% of cloud accuracy. The 2x subsample keeps any stroke 2 px or wider (a 1-px line survives
     in one sampled row or column of two) and halves the memory read, the per-query cost at 512 px and
-    above: a 512 px query's ``Router.route`` took 12% less (benchmarks/decision_overhead.py's setting).
+    above: ``Router.route`` on benchmarks/decision_overhead.py's 512 px image took 12% less (in-process
+    A/B of 40 alternating blocks on a 2-core x86 CPU).
     Pillow's ``reducing_gap=2`` (an integer ``reduce`` first) keeps the rest near one read of the sampled
     pixels. Raises ValueError for a 0-pixel image."""
     return _thumbnail_of(_views(image, max_pixels)[1])
@@ -431,8 +432,10 @@ def assemble(image_feats: np.ndarray, question_feats: np.ndarray, pixels: np.nda
 
 
 def query(image, question: str, max_pixels: int | None = None) -> tuple[np.ndarray, str | None]:
-    """(``extract``'s vector, ``check_question``'s warning or None) of one query: what the device computes
-    per query. Raises as ``check_question`` and ``image_features``."""
+    """(``extract``'s vector, float32 (len(FEATURE_NAMES),), ``check_question``'s warning or None) of one
+    query: what the device computes per query. The question is checked before the image is decoded.
+    Raises as ``check_question`` (TypeError, QuestionError) and ``image_features`` (ValueError,
+    ImageTooLarge above ``max_pixels``, OSError)."""
     text, warning = check_question(question)
     img, pixels = image_parts(image, max_pixels)
     return assemble(img, _question_of(text), pixels), warning
