@@ -149,7 +149,10 @@ def _run(args) -> int:
         if args.max_pixels is not None:
             router.max_pixels = args.max_pixels or None
         router.ood_max_score, router.ood_policy = args.ood_max_score, args.ood_policy
-        d = router.route(args.image, args.question, args.uplink_mbps, args.rtt_s)  # a path: JPEG draft decoding
+        try:
+            d = router.route(args.image, args.question, args.uplink_mbps, args.rtt_s)  # a path: JPEG draft decoding
+        except OSError as e:  # Pillow's messages ("Truncated File Read") do not name the file
+            raise OSError(f"{args.image}: {e}") from None
         limit, policy = router.ood_settings()
         profile = router.profile.with_network(args.uplink_mbps, args.rtt_s)
         lat, en = router.cost.costs(profile)

@@ -19,6 +19,7 @@ re-exported here); a row the data stage cannot use is settled by ``dataset.on_ba
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -199,6 +200,33 @@ def router_splits(base: datasets.Dataset, splits: dict, degradations: dict, seve
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def file_digest(path) -> str | None:
+    """The first 16 hex digits of a file's sha256 (read once per path, size and modification time), or
+    None when there is no such file: what a cached stage compares to notice a file edited in place."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return _sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def input_files(cfg: Config) -> dict:
+    """``file_digest`` of every file of the user's that a run reads by path: a folder dataset's questions
+    file ("questions") and each replayed model's outcome file ("outcomes:<model>"); {} for none."""
+    out = {"questions": file_digest(cfg.dataset.questions)} if cfg.dataset.kind == "folder" else {}
+    out.update({f"outcomes:{m.name}": file_digest(m.options["path"]) for m in cfg.models if m.backend == "replay"})
+    return out
+
+
 # dataset keys added after run folders were first written, with the value an older folder was built with
 _ADDED_KEYS = {"scorer": "vqa", "numeric_rel_tol": 1e-4, "split_by": "image_id", "on_bad_row": "error"}
 
@@ -213,9 +241,12 @@ def build_router_dataset(cfg: Config) -> datasets.Dataset:
     out = cfg.path("data") / "router_dataset"
     stamp = cfg.path("data") / "dataset_config.json"
     wanted = json.loads(json.dumps(dataclasses.asdict(cfg.dataset)))
+    questions = input_files(cfg).get("questions")  # a questions file edited in place is a changed dataset too
     if (out / "dataset_info.json").exists():
         old = json.loads(stamp.read_text()) if stamp.exists() else wanted
         changed = sorted(k for k in wanted if old.get(k, _ADDED_KEYS.get(k)) != wanted[k])
+        if old.get("questions_sha256") not in (None, questions):  # None: a folder stamped before the digest
+            changed.append(f"the content of {cfg.dataset.questions}")
         if changed:
             raise ValueError(f"{cfg.path('data')} was built from another dataset config (changed: {changed}); its "
                              "outcomes and features belong to that data. Delete that folder or use a new run name.")
@@ -231,7 +262,7 @@ def build_router_dataset(cfg: Config) -> datasets.Dataset:
                            reencode_clean=kinds.get(dc.kind).reencode_clean, cache_file=tmp / "splits.arrow", bad=bad)
         settle_bad_rows(bad, dc.on_bad_row, f"dataset ({dc.kind})", cfg.path("data") / BAD_ROWS)
         ds.save_to_disk(str(out))
-        stamp.write_text(json.dumps(wanted, indent=2))
+        stamp.write_text(json.dumps({**wanted, "questions_sha256": questions}, indent=2))
         n_images = len(set(ds["image_id"]))
         del base, ds
     finally:

@@ -156,6 +156,17 @@ def compare_baselines(cfg: Config, splits: dict[str, SplitArrays], cloud: int, r
     return result, paired
 
 
+def failed_outcomes(table: pd.DataFrame) -> dict:
+    """Per model with any, its outcome rows that failed (a non-empty ``error``: the backend failed, or the
+    replay file lacks the sample): {model: {"count", "of" (the model's rows), "example" (an error)}}."""
+    out = {}
+    for m, rows in table.groupby("model", sort=False):
+        bad = rows["error"][rows["error"] != ""]
+        if len(bad):
+            out[m] = {"count": len(bad), "of": len(rows), "example": bad.iloc[0]}
+    return out
+
+
 def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict[str, SplitArrays],
              cloud: int, info: pd.DataFrame, out: Path, bootstrap: int = 1000, settings: dict | None = None) -> str:
     """Write the report folder ``out``; returns the Markdown of the main policy table.
@@ -230,6 +241,11 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
     if skipped:
         sections += [f"{skipped} rows of the dataset were skipped as unusable (`dataset.on_bad_row: skip`); "
                      f"they and their reasons are in {cfg.path('data') / data.BAD_ROWS}.", ""]
+    failed = failed_outcomes(table)
+    if failed:
+        sections += ["Outcomes recorded as failures (score 0, at an attempt's compute time), all splits: "
+                     + "; ".join(f"{m}: {f['count']} of {f['of']} (e.g. {f['example']!r})" for m, f in failed.items())
+                     + ".", ""]
     if by_deg is not None:
         sections += ["## Reference-model accuracy by degradation", "", by_deg.round(3).to_markdown(index=False), ""]
     configured = [{"model": m.name, "compute_source": m.compute_source} for m in router.cost.models
@@ -240,7 +256,7 @@ def evaluate(cfg: Config, table: pd.DataFrame, feats: pd.DataFrame, splits: dict
          "intervals": intervals, "paired": paired, "left_out": {k: cfg.model_names[v] for k, v in left_out.items()},
          "configured_costs": configured, "splits": {"split_by": cfg.dataset.split_by, **(split or {})},
          "empty_questions": int(info["empty_question"].sum()) if "empty_question" in info.columns else None,
-         "ood": ood, "skipped_rows": skipped,
+         "ood": ood, "skipped_rows": skipped, "failed_outcomes": failed,
          "calibration": calib, "bandwidth": bw, "guarantee_check": check, "decision": decision,
          "profile": cfg.profile.to_dict()}, indent=2, default=float))
     return main

@@ -29,6 +29,7 @@ them from a deployment profile, so a new profile needs no re-collection.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 from pathlib import Path
@@ -173,6 +174,7 @@ def _done(out_dir: Path) -> tuple[set, int]:
 # replay: our column -> required? (besides sample_id, a replay file needs an answer or a grade)
 REPLAY_COLUMNS = {"sample_id": True, "answer": False, "score": False, "correct": False, "confidence": False,
                   "compute_s": False, "payload_bytes": False}
+_EMPTY = {"", "nan", "null", "none", "na", "n/a"}  # a number cell holding one of these is empty (unknown)
 _TRUE, _FALSE = {"true", "1", "yes", "y", "t", "correct"}, {"false", "0", "no", "n", "f", "incorrect", "wrong"}
 
 
@@ -184,7 +186,10 @@ def _read_file(path: str, mtime_ns: int) -> pd.DataFrame:
     suffix = "".join(p.suffixes[-2:]) if p.suffix in (".gz", ".bz2", ".zst", ".xz") else p.suffix
     fmt = suffix.split(".")[1].lower() if suffix else ""
     if fmt in ("jsonl", "json", "ndjson"):
-        return pd.read_json(p, lines=True, dtype=False)
+        try:
+            return pd.read_json(p, lines=True, dtype=False, encoding="utf-8-sig")
+        except ValueError as e:
+            raise ValueError(_bad_json_line(p) or f"replay file {p}: not JSON lines ({e})") from None
     if fmt in ("csv", "tsv"):
         return pd.read_csv(p, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
     if fmt in ("parquet", "pq"):
@@ -192,10 +197,33 @@ def _read_file(path: str, mtime_ns: int) -> pd.DataFrame:
     raise ValueError(f"replay file {p}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
 
 
-def _booleans(col: pd.Series, where: str) -> np.ndarray:
-    """A grade column (bool, 0/1, "true"/"false", "yes"/"no"; empty = unknown) as float64 1.0 / 0.0 / NaN."""
+def _bad_json_line(path: Path) -> str | None:
+    """'<path>:<line>: ...' for the first line of a JSON-lines file that is not a JSON object, or None."""
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                return f"replay file {path}:{lineno}: not valid JSON ({e}); fix or remove that line"
+            if not isinstance(obj, dict):
+                return f"replay file {path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+    return None
+
+
+def _row(raw: pd.DataFrame, label, sample_column: str) -> str:
+    """'sample <id> (data row <n>)' for a row of a raw replay table: how an error names a row (the data
+    row counts from 0 in file order, header and blank lines not counted)."""
+    sid = raw.at[label, sample_column] if sample_column in raw.columns else None
+    return f"sample {sid!r} (data row {label})" if not _missing(sid) else f"data row {label}"
+
+
+def _booleans(col: pd.Series, where: str, name=lambda label: f"data row {label}") -> np.ndarray:
+    """A grade column (bool, 0/1, "true"/"false", "yes"/"no"; empty = unknown) as float64 1.0 / 0.0 / NaN.
+    Raises ValueError for any other value, naming its row by ``name(index label)``."""
     out = np.full(len(col), np.nan)
-    for i, v in enumerate(col):
+    for i, (label, v) in enumerate(col.items()):
         if _missing(v) or v == "":
             continue
         if isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, float, np.integer, np.floating)) and v in (0, 1)):
@@ -203,7 +231,7 @@ def _booleans(col: pd.Series, where: str) -> np.ndarray:
             continue
         t = str(v).strip().lower()
         if t not in _TRUE | _FALSE:
-            raise ValueError(f"{where}: value {v!r} on row {i} is not a grade; use true/false, 1/0 or yes/no")
+            raise ValueError(f"{where}: value {v!r} of {name(label)} is not a grade; use true/false, 1/0 or yes/no")
         out[i] = float(t in _TRUE)
     return out
 
@@ -247,6 +275,10 @@ def read_replay(path: Path | str, columns: dict | None = None, model_column: str
     if not any(mapping[k] in raw.columns for k in ("answer", "score", "correct")):
         raise ValueError(f"{where}: no answer, score or correct column (columns: {list(raw.columns)}); map one "
                          "with options.columns, e.g. {correct: is_correct} or {answer: prediction}")
+
+    def name(label) -> str:
+        return _row(raw, label, mapping["sample_id"])
+
     out = pd.DataFrame(index=raw.index)
     for ours, theirs in mapping.items():
         if theirs not in raw.columns:
@@ -255,23 +287,40 @@ def read_replay(path: Path | str, columns: dict | None = None, model_column: str
         if ours in ("sample_id", "answer"):
             out[ours] = [None if _missing(v) else str(v) for v in col]
         elif ours == "correct":
-            out[ours] = _booleans(col, f"{where}: column {theirs!r} (our 'correct')")
+            out[ours] = _booleans(col, f"{where}: column {theirs!r} (our 'correct')", name)
         else:
-            values = col.where(col != "", np.nan) if col.dtype == object else col
-            try:
-                out[ours] = pd.to_numeric(values, errors="raise").astype(np.float64)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"{where}: column {theirs!r} (our {ours!r}) must hold numbers ({e})") from None
+            values = (col if pd.api.types.is_numeric_dtype(col)
+                      else col.mask(col.astype(str).str.strip().str.lower().isin(_EMPTY)))
+            numbers = pd.to_numeric(values, errors="coerce")  # empty cells: NaN, unknown
+            wrong = numbers.isna() & values.notna()
+            if wrong.any():
+                label = wrong.idxmax()
+                raise ValueError(f"{where}: column {theirs!r} (our {ours!r}) must hold numbers; {name(label)} has "
+                                 f"{values[label]!r}")
+            out[ours] = numbers.astype(np.float64)
     if out["sample_id"].isna().any():
-        raise ValueError(f"{where}: row {int(out['sample_id'].isna().to_numpy().argmax())} has no sample_id "
+        raise ValueError(f"{where}: data row {out['sample_id'].isna().idxmax()} has no sample_id "
                          f"(column {mapping['sample_id']!r})")
-    dup = out["sample_id"].duplicated()
-    if dup.any():
-        raise ValueError(f"{where}: sample_id {out.loc[dup, 'sample_id'].iloc[0]!r} is on more than "
-                         "one row; keep one outcome per sample (a file of several models needs options.model_column)")
+    copies = out["sample_id"].duplicated(keep=False)
+    if copies.any():  # the same outcome twice is dropped; two different outcomes of one sample are an error
+        differ = out[copies].astype(str).drop_duplicates().duplicated("sample_id", keep=False)
+        if differ.any():
+            sid = out[copies].astype(str).drop_duplicates()[differ]["sample_id"].iloc[0]
+            rows = out.index[out["sample_id"] == sid].tolist()
+            hint = "" if model_column else " (a file of several models needs model_column)"
+            raise ValueError(f"{where}: sample {sid!r} has different outcomes on data rows {rows}; keep one outcome "
+                             f"per sample{hint}")
+        log.warning("%s: dropped %d repeated rows (the same outcome twice, e.g. sample %r)", where,
+                    int(out["sample_id"].duplicated().sum()), out.loc[copies, "sample_id"].iloc[0])
+        out = out.drop_duplicates("sample_id")
     for ours in ("score", "confidence"):
-        if ours in out and not out[ours].dropna().between(0.0, 1.0).all():
-            raise ValueError(f"{where}: column {mapping[ours]!r} (our {ours!r}) must be in [0, 1]")
+        if ours in out:
+            outside = ~out[ours].between(0.0, 1.0) & out[ours].notna()
+            if outside.any():
+                label = outside.idxmax()
+                pct = " (it looks like a percentage: divide by 100)" if out[ours].max() <= 100 else ""
+                raise ValueError(f"{where}: column {mapping[ours]!r} (our {ours!r}) must be in [0, 1]; "
+                                 f"{name(label)} has {out.at[label, ours]:g}{pct}")
     if "correct" in out:
         out["score"] = out["score"].fillna(out["correct"]) if "score" in out else out["correct"]
         out = out.drop(columns="correct")
@@ -315,10 +364,13 @@ def replay(ds, model: str, tier: str, path: Path | str, columns: dict | None, ou
     are left out); compute_s: the file's, else ``compute_s`` (the model config's, s); payload_bytes: the
     file's, else the question's UTF-8 bytes plus ``image_payload(image_ids)[image_id]`` (the image's
     bytes, computed once per image for all models; default ``image_payloads(ds, ...)``). A sample the
-    file lacks is recorded with error "not in replay file <path>" and score 0.
+    file lacks is recorded with error "not in replay file <path>", score 0, its payload and a typical
+    compute time (``compute_s``, else the median of the file's), so it costs what an attempt costs; a
+    median compute time above 60 s gets a warning (milliseconds given as seconds).
 
     Before writing anything, raises ValueError naming the model when it has no compute time (neither in
-    the file nor ``compute_s``), and naming the samples when a sample has no grade and no reference
+    the file nor ``compute_s``), when no sample of ``ds`` is in the file (showing ids of both), and naming
+    the samples when a sample has no grade and no reference
     answer to score it against (or, with ``grade`` None and the "given" scorer, no grade). Resumes like
     ``collect``: samples already in ``out_dir`` are skipped. Samples in the file but not in ``ds`` are
     ignored. Returns ``out_dir``."""
@@ -338,6 +390,10 @@ def replay(ds, model: str, tier: str, path: Path | str, columns: dict | None, ou
         log.info("replay %s: %d samples of %s are not in the dataset; ignored", model, extra, path)
     rec = table.reindex(rows["sample_id"])
     present = np.isin(np.asarray(rows["sample_id"], dtype=object), table.index.to_numpy())
+    if not present.any():
+        raise ValueError(f"replay {model}: none of the {n} dataset samples is in {path}: the ids differ (dataset "
+                         f"{rows['sample_id'][:3]}, file {table.index[:3].tolist()}); map outcomes.columns.sample_id "
+                         "and dataset.columns.sample_id to the same ids")
     given = rec["score"].to_numpy(np.float64) if "score" in rec else np.full(n, np.nan)
     answers = rec["answer"].fillna("").astype(str).tolist() if "answer" in rec else [""] * n
     ungradable = [rows["sample_id"][k] for k in range(n) if present[k] and np.isnan(given[k]) and not rows["answers"][k]]
@@ -354,6 +410,11 @@ def replay(ds, model: str, tier: str, path: Path | str, columns: dict | None, ou
                          "from, e.g. a published throughput or your own measurement)")
     if lacking:
         log.info("replay %s: compute time of %d samples from the config (%.4g s)", model, lacking, compute_s)
+    comp = np.where(np.isnan(comp), np.nan if compute_s is None else compute_s, comp)  # the config's where none
+    typical = float(np.median(comp[present]))  # every sample in the file has one now (else raised above)
+    if typical > 60.0:
+        log.warning("replay %s: median compute time %.4g s per query; if %s holds milliseconds, convert it to "
+                    "seconds", model, typical, path)
     try:
         score = np.array([0.0 if not ok else (g if not np.isnan(g) else grade(a, refs, opts))
                           for ok, g, a, refs, opts in zip(present, given, answers, rows["answers"], rows["options"])],
@@ -361,16 +422,17 @@ def replay(ds, model: str, tier: str, path: Path | str, columns: dict | None, ou
     except ValueError as e:  # the "given" scorer and an answer without a grade
         raise ValueError(f"replay {model} ({path}): {e}") from None
     payload = rec["payload_bytes"].to_numpy(np.float64) if "payload_bytes" in rec else np.full(n, np.nan)
-    need = {iid for iid, p, ok in zip(rows["image_id"], payload, present) if ok and np.isnan(p)}
+    need = {iid for iid, p in zip(rows["image_id"], payload) if np.isnan(p)}
     images = (image_payload or (lambda ids: image_payloads(ds, ids)))(need) if need else {}
-    pay = np.array([0 if not ok else int(p) if not np.isnan(p) else images[iid] + len(q.encode("utf-8"))
-                    for ok, p, iid, q in zip(present, payload, rows["image_id"], rows["question"])], dtype=np.int64)
+    pay = np.array([int(p) if not np.isnan(p) else images[iid] + len(q.encode("utf-8"))
+                    for p, iid, q in zip(payload, rows["image_id"], rows["question"])], dtype=np.int64)
+    comp[np.isnan(comp)] = typical  # a sample the file lacks (no compute_s configured): the model's usual cost
     conf = rec["confidence"].to_numpy(np.float64) if "confidence" in rec else np.full(n, np.nan)
     frame = pd.DataFrame({
         "sample_id": rows["sample_id"], "image_id": rows["image_id"], "split": rows["split"], "model": model,
         "tier": tier, "answer": [a if ok else "" for a, ok in zip(answers, present)], "score": score,
         "confidence": np.where(present, conf, np.nan).astype(np.float32),
-        "compute_s": np.where(present, np.where(np.isnan(comp), compute_s or 0.0, comp), 0.0),
+        "compute_s": comp,
         "payload_bytes": pay,
         "error": ["" if ok else f"not in replay file {path}" for ok in present]}, columns=list(COLUMNS))
     for start in range(0, n, batch_size):

@@ -154,12 +154,14 @@ def stage_collect(cfg: Config) -> pd.DataFrame:
 
 
 def _replay_stamp(out_dir, m) -> None:
-    """Replayed outcomes are a pure function of the model's options and configured compute time, and
-    cheap to redo: when either changed since they were written, drop them so they are replayed again."""
-    wanted = json.loads(json.dumps({"options": m.options, "compute_s": m.compute_s, "tier": m.tier}))
+    """Replayed outcomes are a pure function of the model's options, configured compute time and outcome
+    file, and cheap to redo: when any changed since they were written (the file's content included), drop
+    them so they are replayed again."""
+    wanted = json.loads(json.dumps({"options": m.options, "compute_s": m.compute_s, "tier": m.tier,
+                                    "sha256": data.file_digest(m.options["path"])}))
     stamp = out_dir / "replay.json"
     if stamp.exists() and json.loads(stamp.read_text()) != wanted:
-        log.info("replay settings of %s changed: replaying its outcomes again", m.name)
+        log.info("replay settings or outcome file of %s changed: replaying its outcomes again", m.name)
         for p in outcomes.parts(out_dir):
             p.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -228,10 +230,13 @@ def _digest(d: dict) -> str:
 
 
 def fit_settings(cfg: Config) -> dict:
-    """What the fitted router depends on: dataset, models, profile, router settings, the feature version
-    and whether its best epoch is chosen on router-val or (guarantee mode) on held-out router-train."""
+    """What the fitted router depends on: dataset, models, profile, router settings, the feature version,
+    whether its best epoch is chosen on router-val or (guarantee mode) on held-out router-train, and the
+    content of the user's questions and outcome files (``data.input_files``)."""
+    files = data.input_files(cfg)  # their content: a file edited in place retrains (absent for easy-VQA runs)
     return {**settings(cfg, "dataset", "models", "profile", "router"), "feature_version": features.FEATURE_VERSION,
-            "best_epoch_on": "router-train holdout" if cfg.tune.guarantee else "router-val"}
+            "best_epoch_on": "router-train holdout" if cfg.tune.guarantee else "router-val",
+            **({"input_files": files} if files else {})}
 
 
 @_once

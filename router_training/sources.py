@@ -8,10 +8,12 @@ Split out of ``data`` (which re-exports ``normalize``, ``load_hf``, ``load_folde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import datasets
@@ -114,8 +116,8 @@ def _image_value(value, spec: str) -> dict:
         raise ValueError(f"no image in column {spec!r} (got {type(value).__name__}); give every question an "
                          "image (file path, bytes or an Image feature), or drop it")
     if out["bytes"] is None and "://" not in out["path"] and not Path(out["path"]).is_file():
-        raise ValueError(f"image file {out['path']} not found; fix the path (relative paths are resolved against "
-                         "the config file) or drop the question")
+        raise ValueError(f"image file {out['path']} not found; fix the path (a folder dataset's image paths are "
+                         "relative to its images_dir) or drop the question")
     return out
 
 
@@ -159,6 +161,16 @@ def _image_key(img: dict) -> str:
     if img["path"]:
         return Path(img["path"]).name
     return hashlib.sha1(img["bytes"]).hexdigest()[:16]
+
+
+def _relative_name(path: str, root: Path) -> str:
+    """An image path as written in a questions file, as an id that is the same however it is written:
+    normalised ("./a/../b.png" -> "b.png"), and relative to ``root`` when it is an absolute path inside it."""
+    p = Path(os.path.normpath(path))
+    if p.is_absolute():
+        with contextlib.suppress(ValueError):
+            p = p.relative_to(Path(os.path.normpath(root.absolute())))
+    return p.as_posix()
 
 
 def _subset_images(image_ids: list[str], limit: int | None, seed: int) -> list[int]:
@@ -216,8 +228,8 @@ def normalize(raw: datasets.Dataset, columns: dict, where: str, limit_images: in
     seen: dict[str, int] = {}
     for i, s in enumerate(sample_ids):
         if s in seen and i not in rows_bad:
-            rows_bad[i] = (f"sample_id {s!r} (column {columns.get('sample_id')!r}) is also on row {seen[s]}; map "
-                           "sample_id to a unique column, or leave it out to number rows")
+            rows_bad[i] = (f"sample_id {s!r} (column {columns.get('sample_id')!r}) is also on row {seen[s]} "
+                           "(rows count from 0); give every question its own id (the outcome files name them)")
         seen.setdefault(s, i)
     if "image_id" in columns:
         image_ids = _ids(raw, columns, "image_id", where, rows_bad)
@@ -304,6 +316,9 @@ def normalize(raw: datasets.Dataset, columns: dict, where: str, limit_images: in
                   desc="reading questions")
     rows_bad.update(found)
     found_bad = [{"sample_id": sample_ids[i], "row": i, "reason": rows_bad[i]} for i in sorted(rows_bad)]
+    if n and len(found_bad) == n:  # nothing to skip to: say so, with the first reasons
+        reasons = "\n".join(f"  sample {b['sample_id']!r}: {b['reason']}" for b in found_bad[:5])
+        raise ValueError(f"{where}: none of its {n} rows can be used; the first:\n{reasons}")
     if bad is None:
         settle_bad_rows(found_bad, on_bad_row, where)
     else:
@@ -366,7 +381,8 @@ def load_folder(dc: DatasetConfig, cache_file: Path | None = None, bad: list | N
     rows: dict[str, list] = {ours: [] for ours in keys}
     group: list[str] = []
     line_errors: dict[int, str] = {}  # row -> why its line cannot be used (the row stays, empty, so ids keep)
-    with open(qpath, encoding="utf-8") as f:
+    first_line: dict[str, int] = {}  # question id -> the line it is first on
+    with open(qpath, encoding="utf-8-sig") as f:  # -sig: a byte-order mark some editors write is not data
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -375,7 +391,8 @@ def load_folder(dc: DatasetConfig, cache_file: Path | None = None, bad: list | N
                 if not isinstance(obj, dict):
                     raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
             except ValueError as e:  # json.JSONDecodeError included
-                line_errors[len(group)] = f"{qpath}:{lineno}: not a JSON object ({e})"
+                line_errors[len(group)] = (f"{qpath}:{lineno}: not a JSON object ({e}); the questions file is JSON "
+                                           "lines, one object per question")
                 obj = {}
             missing = [t for o, t in keys.items() if t not in obj and DATASET_COLUMNS[o]]
             if missing and obj:
@@ -385,6 +402,12 @@ def load_folder(dc: DatasetConfig, cache_file: Path | None = None, bad: list | N
             if split_key is not None and obj and obj.get(split_key) in (None, "") and len(group) not in line_errors:
                 line_errors[len(group)] = (f"{qpath}:{lineno}: no value for dataset.split_by key {split_key!r}; "
                                            f"keys: {sorted(obj)}")
+            qid = obj.get(keys["sample_id"])
+            if qid not in (None, "") and len(group) not in line_errors:
+                if str(qid) in first_line:
+                    line_errors[len(group)] = (f"{qpath}:{lineno}: question id {qid!r} (key {keys['sample_id']!r}) is "
+                                               f"also on line {first_line[str(qid)]}; give every question its own id")
+                first_line.setdefault(str(qid), lineno)
             group.append(str(obj.get(split_key) or "") if split_key is not None else "")
             for ours, theirs in keys.items():
                 v = obj.get(theirs)
@@ -400,8 +423,8 @@ def load_folder(dc: DatasetConfig, cache_file: Path | None = None, bad: list | N
         raise ValueError(f"{where}: no questions in the file")
     has = {ours for ours, vals in rows.items() if any(v is not None for v in vals)}
     table = {ours: rows[ours] for ours in keys if ours in has or DATASET_COLUMNS[ours]}
-    if "image_id" not in table:  # images are files: their name under images_dir is the id
-        table["image_id"] = list(rows["image"])
+    if "image_id" not in table:  # images are files: their path under images_dir, normalised, is the id
+        table["image_id"] = [_relative_name(p, root) if p else None for p in rows["image"]]
     table["image"] = [str(root / p) if p else None for p in rows["image"]]
     lists = ("answers", "options")
     raw = datasets.Dataset.from_dict({**table, **({"group": group} if split_key else {})}, features=datasets.Features(

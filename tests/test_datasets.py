@@ -129,6 +129,37 @@ def test_folder_missing_key_names_line_and_key(tmp_path):
         data.load_base(folder_config(tmp_path, rows=rows))
 
 
+def test_folder_image_written_two_ways_is_one_image(tmp_path):
+    """"./pics/a.png", "pics/a.png" and the absolute path name one file: one image_id, so the split by image
+    cannot put its questions in two splits."""
+    (tmp_path / "images" / "pics").mkdir(parents=True)
+    picture(0).save(tmp_path / "images" / "pics" / "a.png")
+    ways = ["./pics/a.png", "pics/a.png", str(tmp_path / "images" / "pics" / "a.png"), "pics/../pics/a.png"]
+    rows = [{"image": w, "question": f"q{i}?", "question_id": str(i)} for i, w in enumerate(ways)]
+    ds = data.load_base(folder_config(tmp_path, rows=rows))
+    assert ds["image_id"] == ["pics/a.png"] * 4
+
+
+def test_folder_with_no_usable_row_says_why_and_reads_a_byte_order_mark(tmp_path):
+    """Every row lacking the question key (it is called "prompt" here), or a CSV given as the questions
+    file: one error naming the file's lines and what to do, not a failure inside the datasets library. A
+    UTF-8 byte-order mark before the first line is not data."""
+    images = tmp_path / "images"
+    images.mkdir()
+    picture(0).save(images / "a.png")
+    rows = [{"image": "a.png", "prompt": f"q{i}?", "question_id": str(i)} for i in range(3)]
+    with pytest.raises(ValueError, match=r"none of its 3 rows can be used; the first:\n  sample '0': .*questions.jsonl:1: "
+                                         r"no key 'question' .*rename keys with dataset.columns"):
+        data.load_base(folder_config(tmp_path, rows=rows))
+    qfile = tmp_path / "q.csv"
+    qfile.write_text("image,question\na.png,q?\n")
+    dc = DatasetConfig(kind="folder", images_dir=str(images), questions=str(qfile))
+    with pytest.raises(ValueError, match=r"(?s)none of its 2 rows .*q.csv:1: not a JSON object .*JSON lines"):
+        data.load_base(dc)
+    qfile.write_text("\ufeff" + json.dumps({"image": "a.png", "question": "q?", "question_id": "x"}) + "\n")
+    assert data.load_base(dc)["sample_id"] == ["x"]
+
+
 @pytest.mark.parametrize("answers", [[], "", ["", "  "], None, "absent"])
 def test_questions_without_answers_are_kept_for_graded_outcomes(tmp_path, answers):
     """A question needs no reference answer when its outcome files carry grades (BlindTest: 5,440 of
@@ -200,7 +231,8 @@ def test_duplicate_question_ids_raise(tmp_path):
     images.mkdir()
     picture(0).save(images / "a.png")
     rows = [{"image": "a.png", "question": "q?", "answers": ["x"], "question_id": 5}] * 2
-    with pytest.raises(ValueError, match=r"(?s)1 bad rows.*sample '5': sample_id '5' .* is also on row 0"):
+    with pytest.raises(ValueError, match=r"(?s)1 bad rows.*sample '5': .*questions.jsonl:2: question id 5 \(key "
+                                         r"'question_id'\) is also on line 1; give every question its own id"):
         data.load_base(folder_config(tmp_path, rows=rows))
 
 

@@ -105,6 +105,24 @@ def test_route_cli_refuses_an_image_over_pillows_pixel_limit(tiny_run, monkeypat
     assert err.startswith("router-train: DecompressionBombError") and len(err.strip().splitlines()) == 1
 
 
+def test_route_cli_names_an_unreadable_image(tiny_run, capsys):
+    """A truncated PNG: Pillow's message does not name the file; the CLI's one line does."""
+    import io
+
+    from PIL import Image
+
+    from router_training.cli import main
+
+    cfg, _ = tiny_run
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, format="PNG")
+    image = cfg.workdir / "cut.png"
+    image.write_bytes(buf.getvalue()[:-30])
+    assert main(["route", "--artifact", str(cfg.path("export")), "--image", str(image), "--question", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"router-train: OSError: {image}: ") and len(err.splitlines()) == 1
+
+
 def test_route_cli_runs_without_torch(tiny_run):
     cfg, _ = tiny_run
     ds = pipeline.data.build_router_dataset(cfg)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from router_training import backends, config, outcomes, pipeline
+from router_training import backends, config, evaluate, outcomes, pipeline
 from router_training.core.scoring import vqa_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,9 +105,12 @@ def test_replay_parquet_missing_samples_are_errors_and_rerun_adds_nothing(tmp_pa
     t = read_parts(out).set_index("sample_id")
     assert len(t) == 12 and "not-in-dataset" not in t.index
     assert t["confidence"].isna().all()  # unknown, not 0: baselines that need it are left out
+    r = ds[4]
     for sid in ("004", "009"):
         assert t.loc[sid, "error"] == f"not in replay file {path}"
         assert t.loc[sid, "score"] == 0 and t.loc[sid, "answer"] == ""
+        assert t.loc[sid, "compute_s"] == 0.1  # an attempt's cost, not a free one
+    assert t.loc["004", "payload_bytes"] == backends.payload_bytes(r["image"], r["question"])
     ok = t.drop(["004", "009"])
     assert (ok["error"] == "").all() and (ok["score"] > 0).all()
     parts = sorted(out.glob("part-*.parquet"))
@@ -115,6 +118,26 @@ def test_replay_parquet_missing_samples_are_errors_and_rerun_adds_nothing(tmp_pa
     outcomes.replay(ds, "m", "edge", path, None, out, compute_s=0.1)
     assert {p: p.stat().st_mtime_ns for p in sorted(out.glob("part-*.parquet"))} == before
     assert len(outcomes.load(tmp_path, ["out"])) == 12  # raises on duplicate rows
+    # the report counts them
+    assert evaluate.failed_outcomes(outcomes.load(tmp_path, ["out"])) == {
+        "m": {"count": 2, "of": 12, "example": f"not in replay file {path}"}}
+
+
+def test_replay_refuses_a_file_none_of_whose_ids_match(tmp_path):
+    """Ids written another way (zero-padded here) match no sample: an error showing both sides' ids, not a
+    router trained on all-zero scores. A file's repeated identical row is read once."""
+    ds = make_dataset(4)
+    path = tmp_path / "o.csv"
+    pd.DataFrame({"sample_id": ["00000", "00001"], "correct": [1, 0]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"replay m: none of the 4 dataset samples is in .*o.csv: the ids differ "
+                                         r"\(dataset \['000', '001', '002'\], file \['00000', '00001'\]\)"):
+        outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out", compute_s=1.0)
+    pd.DataFrame({"sample_id": ["000", "001", "000"], "correct": [1, 0, 1], "compute_s": [0.2, 300, 0.2]}).to_csv(
+        path, index=False)
+    outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
+    t = read_parts(tmp_path / "out").set_index("sample_id")
+    assert t.loc["000", "score"] == 1 and t.loc["001", "score"] == 0 and t.loc["000", "compute_s"] == 0.2
+    assert t.loc["002", "compute_s"] == pytest.approx(150.1)  # missing: the file's median, not 0
 
 
 def test_replay_resumes_a_partial_collection(tmp_path):
@@ -140,15 +163,20 @@ def test_replay_file_errors(tmp_path):
         outcomes.replay(ds, "m", "edge", path, {"answer": "prediction"}, tmp_path / "out")
     with pytest.raises(ValueError, match=r"column 'conf' \(for our 'confidence'\) not found"):
         outcomes.replay(ds, "m", "edge", path, {"answer": "prediction", "confidence": "conf"}, tmp_path / "out")
-    pd.DataFrame({"sample_id": ["000", "000"], "answer": ["a", "b"]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match="sample_id '000' is on more than one row"):
+    pd.DataFrame({"sample_id": ["000", "001", "000"], "answer": ["a", "b", "c"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"sample '000' has different outcomes on data rows \[0, 2\]; keep one "
+                                         r"outcome per sample \(a file of several models needs model_column\)"):
         outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
-    pd.DataFrame({"sample_id": ["000"], "answer": ["a"], "score": ["high"]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match="'score'.* must hold numbers"):
+    pd.DataFrame({"sample_id": ["000", "001"], "answer": ["a", "b"], "score": ["1", "high"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"'score'.* must hold numbers; sample '001' \(data row 1\) has 'high'"):
         outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
     pd.DataFrame({"sample_id": ["000"], "answer": ["a"], "confidence": [3.0]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]; sample '000' \(data row 0\) has 3 \(it looks "
+                                         r"like a percentage: divide by 100\)"):
         outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
+    (tmp_path / "o.jsonl").write_text('{"sample_id": "000", "answer": "a"}\n\n{"sample_id": "001", "answer": \n')
+    with pytest.raises(ValueError, match=r"o.jsonl:3: not valid JSON"):  # the file's line, blank lines counted
+        outcomes.replay(ds, "m", "edge", tmp_path / "o.jsonl", None, tmp_path / "out")
     (tmp_path / "o.xlsx").write_text("x")
     with pytest.raises(ValueError, match="unknown format"):
         outcomes.replay(ds, "m", "edge", tmp_path / "o.xlsx", None, tmp_path / "out")
@@ -201,8 +229,12 @@ def test_replay_long_format_grades_only(tmp_path):
                         model_column="system", model_value="small", compute_s=1.0)
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"sample_id": ["000"], "correct": ["maybe"]}).to_csv(bad, index=False)
-    with pytest.raises(ValueError, match=r"'maybe' on row 0 is not a grade"):
+    with pytest.raises(ValueError, match=r"'maybe' of sample '000' \(data row 0\) is not a grade"):
         outcomes.replay(ds, "m", "edge", bad, None, tmp_path / "y", compute_s=1.0)
+    rows[7]["is_correct"] = "maybe"  # a long file: the row is named by its place in the file, not among big's rows
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"'maybe' of sample '003' \(data row 7\) is not a grade"):
+        outcomes.replay(ds, "big", "cloud", path, cols, tmp_path / "z", model_column="system", compute_s=1.0)
 
 
 def test_outcomes_section_and_costs_in_the_config(tmp_path, monkeypatch):
@@ -308,3 +340,15 @@ def test_pipeline_on_a_folder_dataset_with_replay_models(tmp_path):
     edge_s = again[again["model"] == "edge-vlm"].set_index("sample_id")["compute_s"]
     assert set(edge_s[edge_s.index.str.endswith("-1")]) == {0.5} and set(edge_s[edge_s.index.str.endswith("-0")]) == {0.05}
     assert (again.loc[again["model"] == "cloud-vlm", "compute_s"] == 0.2).all()
+    # an outcome file fixed in place (same path, same config) is replayed again and the router retrained;
+    # a questions file edited in place is refused like a changed dataset section
+    fitted = pipeline.fit_settings(config.load(tmp_path / "run.yaml", workdir=tmp_path / "work"))
+    cloud[0]["answer"] = "wrong"
+    pd.DataFrame(cloud).to_csv(mine / "cloud.csv", index=False)
+    cfg = config.load(tmp_path / "run.yaml", workdir=tmp_path / "work")
+    assert pipeline.fit_settings(cfg) != fitted
+    again = pipeline.stage_collect(cfg)
+    assert again.set_index(["model", "sample_id"]).loc[("cloud-vlm", "0-0"), "score"] == 0.0
+    (mine / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in questions[:40]))
+    with pytest.raises(ValueError, match=r"changed: \['the content of .*questions.jsonl'\]"):
+        pipeline.stage_collect(config.load(tmp_path / "run.yaml", workdir=tmp_path / "work"))
