@@ -205,21 +205,22 @@ def _bad_json_line(path: Path) -> str | None:
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as e:
-                return f"replay file {path}:{lineno}: not valid JSON ({e}); fix or remove that line"
+            except json.JSONDecodeError as e:
+                return f"replay file {path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line"
             if not isinstance(obj, dict):
                 return f"replay file {path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
     return None
 
 
 def _row(raw: pd.DataFrame, label, sample_column: str) -> str:
-    """'sample <id> (data row <n>)' for a row of a raw replay table: how an error names a row (the data
-    row counts from 0 in file order, header and blank lines not counted)."""
+    """'sample <id> (data row <n>)' for a row of a raw replay table: how an error names a row. Data rows
+    count from 1 in file order without a CSV header or blank lines (so data row n is line n of a JSONL
+    file without blank lines, line n + 1 of a CSV file)."""
     sid = raw.at[label, sample_column] if sample_column in raw.columns else None
-    return f"sample {sid!r} (data row {label})" if not _missing(sid) else f"data row {label}"
+    return f"sample {sid!r} (data row {label + 1})" if not _missing(sid) else f"data row {label + 1}"
 
 
-def _booleans(col: pd.Series, where: str, name=lambda label: f"data row {label}") -> np.ndarray:
+def _booleans(col: pd.Series, where: str, name=lambda label: f"data row {label + 1}") -> np.ndarray:
     """A grade column (bool, 0/1, "true"/"false", "yes"/"no"; empty = unknown) as float64 1.0 / 0.0 / NaN.
     Raises ValueError for any other value, naming its row by ``name(index label)``."""
     out = np.full(len(col), np.nan)
@@ -299,14 +300,14 @@ def read_replay(path: Path | str, columns: dict | None = None, model_column: str
                                  f"{values[label]!r}")
             out[ours] = numbers.astype(np.float64)
     if out["sample_id"].isna().any():
-        raise ValueError(f"{where}: data row {out['sample_id'].isna().idxmax()} has no sample_id "
+        raise ValueError(f"{where}: data row {out['sample_id'].isna().idxmax() + 1} has no sample_id "
                          f"(column {mapping['sample_id']!r})")
     copies = out["sample_id"].duplicated(keep=False)
     if copies.any():  # the same outcome twice is dropped; two different outcomes of one sample are an error
         differ = out[copies].astype(str).drop_duplicates().duplicated("sample_id", keep=False)
         if differ.any():
             sid = out[copies].astype(str).drop_duplicates()[differ]["sample_id"].iloc[0]
-            rows = out.index[out["sample_id"] == sid].tolist()
+            rows = (out.index[out["sample_id"] == sid] + 1).tolist()
             hint = "" if model_column else " (a file of several models needs model_column)"
             raise ValueError(f"{where}: sample {sid!r} has different outcomes on data rows {rows}; keep one outcome "
                              f"per sample{hint}")
@@ -441,7 +442,7 @@ def replay(ds, model: str, tier: str, path: Path | str, columns: dict | None, ou
     missing = int((~present).sum())
     if missing:
         log.error("replay %s: %d of %d samples are not in %s (recorded as errors with score 0; add them to the "
-                  "file and delete %s to replay again)", model, missing, n, path, out_dir)
+                  "file and run again: a changed file is replayed)", model, missing, n, path)
     return out_dir
 
 

@@ -253,7 +253,7 @@ def stage_fit(cfg: Config, force: bool = False, loggers: bool = True):
         spec = json.loads(spec_path.read_text())
         if spec.get("settings") == wanted:
             return fit.RouterModule.load_from_checkpoint(out / "best.ckpt", weights_only=False).eval(), spec
-        log.info("router settings changed since the last fit: refitting")
+        log.info("what the router was trained from changed (settings or the questions / outcome files): refitting")
     table, splits = load_splits(cfg)
     cost = fit.cost_spec(splits["router-train"], table, cfg)
     spec = {**cost.to_dict(), "settings": wanted}

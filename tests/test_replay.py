@@ -164,14 +164,14 @@ def test_replay_file_errors(tmp_path):
     with pytest.raises(ValueError, match=r"column 'conf' \(for our 'confidence'\) not found"):
         outcomes.replay(ds, "m", "edge", path, {"answer": "prediction", "confidence": "conf"}, tmp_path / "out")
     pd.DataFrame({"sample_id": ["000", "001", "000"], "answer": ["a", "b", "c"]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"sample '000' has different outcomes on data rows \[0, 2\]; keep one "
+    with pytest.raises(ValueError, match=r"sample '000' has different outcomes on data rows \[1, 3\]; keep one "
                                          r"outcome per sample \(a file of several models needs model_column\)"):
         outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
     pd.DataFrame({"sample_id": ["000", "001"], "answer": ["a", "b"], "score": ["1", "high"]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"'score'.* must hold numbers; sample '001' \(data row 1\) has 'high'"):
+    with pytest.raises(ValueError, match=r"'score'.* must hold numbers; sample '001' \(data row 2\) has 'high'"):
         outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
     pd.DataFrame({"sample_id": ["000"], "answer": ["a"], "confidence": [3.0]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"must be in \[0, 1\]; sample '000' \(data row 0\) has 3 \(it looks "
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]; sample '000' \(data row 1\) has 3 \(it looks "
                                          r"like a percentage: divide by 100\)"):
         outcomes.replay(ds, "m", "edge", path, None, tmp_path / "out")
     (tmp_path / "o.jsonl").write_text('{"sample_id": "000", "answer": "a"}\n\n{"sample_id": "001", "answer": \n')
@@ -229,11 +229,11 @@ def test_replay_long_format_grades_only(tmp_path):
                         model_column="system", model_value="small", compute_s=1.0)
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"sample_id": ["000"], "correct": ["maybe"]}).to_csv(bad, index=False)
-    with pytest.raises(ValueError, match=r"'maybe' of sample '000' \(data row 0\) is not a grade"):
+    with pytest.raises(ValueError, match=r"'maybe' of sample '000' \(data row 1\) is not a grade"):
         outcomes.replay(ds, "m", "edge", bad, None, tmp_path / "y", compute_s=1.0)
-    rows[7]["is_correct"] = "maybe"  # a long file: the row is named by its place in the file, not among big's rows
+    rows[7]["is_correct"] = "maybe"  # a long file: named by its line in the file (8), not among big's rows
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=r"'maybe' of sample '003' \(data row 7\) is not a grade"):
+    with pytest.raises(ValueError, match=r"'maybe' of sample '003' \(data row 8\) is not a grade"):
         outcomes.replay(ds, "big", "cloud", path, cols, tmp_path / "z", model_column="system", compute_s=1.0)
 
 

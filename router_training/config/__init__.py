@@ -66,8 +66,8 @@ def _part(value, base: Path):
         path = (base / value).resolve()
         if not path.is_file():
             raise FileNotFoundError(f"config part {value!r} not found at {path} (a part's path is relative to the "
-                                    "file that names it; the shipped profiles are in the repository's "
-                                    "configs/profiles/: copy one next to your config or give its absolute path)")
+                                    "file that names it; the repository's configs/ folder holds the shipped parts, "
+                                    "e.g. configs/profiles/: copy one next to your config or give its absolute path)")
         with open(path) as f:
             return yaml.safe_load(f), path.parent
     return value, base
