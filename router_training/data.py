@@ -219,10 +219,24 @@ def file_digest(path) -> str | None:
     return _sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)
 
 
+def _local_files(data_files) -> list[str]:
+    """The paths named by a ``data_files`` value (a path, a list, or split -> path or list) that are files
+    on this machine (globs and remote URLs are left out)."""
+    if isinstance(data_files, dict):
+        return [p for v in data_files.values() for p in _local_files(v)]
+    names = [data_files] if isinstance(data_files, str) else list(data_files or [])
+    return [p for p in names if isinstance(p, str) and Path(p).is_file()]
+
+
 def input_files(cfg: Config) -> dict:
     """``file_digest`` of every file of the user's that a run reads by path: a folder dataset's questions
-    file ("questions") and each replayed model's outcome file ("outcomes:<model>"); {} for none."""
-    out = {"questions": file_digest(cfg.dataset.questions)} if cfg.dataset.kind == "folder" else {}
+    file ("questions"), a hub-format dataset's local ``data_files`` (theirs and its images dataset's, by
+    path) and each replayed model's outcome file ("outcomes:<model>"); {} for none."""
+    dc = cfg.dataset
+    out = {"questions": file_digest(dc.questions)} if dc.kind == "folder" else {}
+    if dc.kind == "hf":
+        out.update({p: file_digest(p) for p in _local_files(dc.data_files)
+                    + _local_files((dc.images or {}).get("data_files"))})
     out.update({f"outcomes:{m.name}": file_digest(m.options["path"]) for m in cfg.models if m.backend == "replay"})
     return out
 
@@ -241,12 +255,14 @@ def build_router_dataset(cfg: Config) -> datasets.Dataset:
     out = cfg.path("data") / "router_dataset"
     stamp = cfg.path("data") / "dataset_config.json"
     wanted = json.loads(json.dumps(dataclasses.asdict(cfg.dataset)))
-    questions = input_files(cfg).get("questions")  # a questions file edited in place is a changed dataset too
+    # the dataset's own files (not the outcome files): one edited in place is a changed dataset too
+    files = {k: v for k, v in input_files(cfg).items() if not k.startswith("outcomes:")}
     if (out / "dataset_info.json").exists():
         old = json.loads(stamp.read_text()) if stamp.exists() else wanted
         changed = sorted(k for k in wanted if old.get(k, _ADDED_KEYS.get(k)) != wanted[k])
-        if old.get("questions_sha256") not in (None, questions):  # None: a folder stamped before the digest
-            changed.append(f"the content of {cfg.dataset.questions}")
+        if "files" in old:  # absent: a folder stamped before the digests
+            changed += [f"the content of {cfg.dataset.questions if k == 'questions' else k}"
+                        for k in sorted(set(old["files"]) | set(files)) if old["files"].get(k) != files.get(k)]
         if changed:
             raise ValueError(f"{cfg.path('data')} was built from another dataset config (changed: {changed}); its "
                              "outcomes and features belong to that data. Delete that folder or use a new run name.")
@@ -262,7 +278,7 @@ def build_router_dataset(cfg: Config) -> datasets.Dataset:
                            reencode_clean=kinds.get(dc.kind).reencode_clean, cache_file=tmp / "splits.arrow", bad=bad)
         settle_bad_rows(bad, dc.on_bad_row, f"dataset ({dc.kind})", cfg.path("data") / BAD_ROWS)
         ds.save_to_disk(str(out))
-        stamp.write_text(json.dumps({**wanted, "questions_sha256": questions}, indent=2))
+        stamp.write_text(json.dumps({**wanted, "files": files}, indent=2))
         n_images = len(set(ds["image_id"]))
         del base, ds
     finally:

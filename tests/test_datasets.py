@@ -335,6 +335,21 @@ def run_config(tmp_path, dataset: dict) -> C.Config:
     return C.from_dict(d, base=tmp_path, workdir=tmp_path / "work")
 
 
+def test_a_dataset_file_edited_in_place_is_a_changed_dataset(tmp_path):
+    """A hub-format dataset's local parquet file rewritten under the same path: the cached router dataset
+    belongs to the old file, so the data stage refuses, naming the file (as for a folder's questions
+    file, tests/test_replay.py), instead of silently reusing it; unchanged, the cache loads."""
+    path = vqav2_parquet(tmp_path / "val.parquet", n_images=12, per_image=1)
+    cfg = run_config(tmp_path, {"kind": "hf", "path": "parquet", "data_files": "val.parquet", "split": "train",
+                                "columns": VQAV2_COLUMNS, "splits": {"router-train": 0.5, "router-val": 0.25,
+                                                                     "router-test": 0.25}})
+    assert len(data.build_router_dataset(cfg)) == 12
+    assert len(data.build_router_dataset(cfg)) == 12  # unchanged: the cache
+    vqav2_parquet(path, n_images=10, per_image=1)
+    with pytest.raises(ValueError, match=r"changed: \['the content of .*val.parquet'\]"):
+        data.build_router_dataset(cfg)
+
+
 def test_router_dataset_from_a_folder_split_by_image_clean_by_default(tmp_path):
     write_folder(tmp_path / "mine", n_images=24)
     cfg = run_config(tmp_path, {"kind": "folder", "images_dir": "mine/images", "questions": "mine/questions.jsonl",
@@ -509,7 +524,7 @@ def test_folders_built_before_on_bad_row_still_load(tmp_path):
     data.build_router_dataset(cfg)
     stamp = cfg.path("data") / "dataset_config.json"
     old = json.loads(stamp.read_text())
-    del old["on_bad_row"]  # written by a version without the key
+    del old["on_bad_row"], old["files"]  # written by a version without these keys
     stamp.write_text(json.dumps(old))
     assert len(data.build_router_dataset(cfg)) == 16
     with pytest.raises(ValueError, match="on_bad_row must be 'error' or 'skip'"):
