@@ -258,6 +258,11 @@ def test_outcomes_section_and_costs_in_the_config(tmp_path, monkeypatch):
         config.from_dict(d, base=tmp_path)
     with pytest.raises(ValueError, match=r"compute_s 1.0 needs compute_source"):
         config.ModelConfig(name="a", tier="edge", compute_s=1.0)
+    monkeypatch.setenv("MY_RESULTS", str(tmp_path))
+    wide = {**d, "outcomes": {"path": "${MY_RESULTS}/wide.csv", "columns": {"sample_id": "qid"}}}  # no model column
+    with pytest.raises(ValueError, match=r"model_column: COLUMN.*a wide table \(a grade column per model\) is read "
+                                         r"per model instead: backend: replay"):
+        config.from_dict(wide, base=tmp_path)
     with pytest.raises(ValueError, match=r"model_value needs model_column"):
         config.ModelConfig(name="a", tier="edge", backend="replay", options={"path": "x", "model_value": "a"})
     with pytest.raises(ValueError, match=r"not both"):

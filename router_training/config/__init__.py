@@ -81,7 +81,9 @@ def _outcomes_defaults(section, base: Path) -> dict:
     replayed for each model that gives no backend of its own."""
     if not isinstance(section, dict) or not section.get("path") or not section.get("model_column"):
         raise ValueError("outcomes: expected {path: FILE, model_column: COLUMN, columns: {...}} (one file holding "
-                         f"every model's rows, the model named in COLUMN), got {section!r}")
+                         f"every model's rows, the model named in COLUMN), got {section!r}; a wide table (a grade "
+                         "column per model) is read per model instead: backend: replay, options: {path: FILE, "
+                         "columns: {sample_id: ..., correct: <the model's column>}}")
     unknown = set(section) - {"path", "model_column", "columns"}
     if unknown:
         raise ValueError(f"outcomes: unknown keys {sorted(unknown)}; allowed: ['columns', 'model_column', 'path']")
