@@ -75,7 +75,7 @@ def noisy_red(side: int, seed: int) -> bytes:
 def test_bandwidth_estimate_converges_and_decisions_move_to_the_edge(artifact, tmp_path):
     """The cloud sleeps 20 ms + 8 bits per body byte / 1 Mbit/s: an uplink of 1 Mbit/s behind a 20 ms round
     trip. Before any cloud call the gateway decides with the profile (10 Mbit/s): every red image goes to the
-    cloud. Routed traffic then teaches the estimator the real uplink; with it the large images go to the edge
+    cloud. Routed traffic then teaches the estimator the real uplink (within 25% after 3 to 10 rounds); with it the large images go to the edge
     (the grid's threshold below 5 Mbit/s and their upload time), the small ones stay on the cloud and keep the
     estimate fresh, exactly as ``Router.decide`` with the estimate and each request's payload predicts."""
     uplink = 1.0
@@ -101,9 +101,13 @@ def test_bandwidth_estimate_converges_and_decisions_move_to_the_edge(artifact, t
             with ThreadPoolExecutor(3) as pool:
                 first = list(pool.map(ask, probe))
                 assert [m for _, m, *_ in first] == ["cloud"] * len(sides)  # the profile: all to the cloud
-                for round_ in range(3):  # routed traffic: each round's cloud calls feed the estimate
+                # routed traffic: each round's cloud calls feed the estimate; at least 3 rounds, more while it
+                # is off (a stalled call on a shared 2-core machine weighs until about half_life calls pass)
+                for round_ in range(10):
                     list(pool.map(ask, [(s, 10 * round_ + k) for k, s in enumerate(sides)]))
-                est = gw.estimator.estimate()
+                    est = gw.estimator.estimate()
+                    if round_ >= 2 and est is not None and est.fitted and abs(est.uplink_mbps / uplink - 1) < 0.25:
+                        break
                 last = list(pool.map(ask, probe))
             text = httpx.get(g.base_url[:-3] + "/metrics").text
             final = gw.estimator.estimate()
@@ -122,5 +126,5 @@ def test_bandwidth_estimate_converges_and_decisions_move_to_the_edge(artifact, t
         probs = np.array([[p["edge-small"], p["cloud"]]])
         k = router.decide(probs, uplink_mbps=up, rtt_s=rtt, payload_bytes=payload)[0]
         assert router.models[k] == model
-    print("bandwidth: estimate %.2f Mbit/s (true %.1f), rtt %.3f s; probe decisions %s -> %s" % (
-        est.uplink_mbps, uplink, est.rtt_s, [m for _, m, *_ in first], moved))
+    print("bandwidth: estimate %.2f Mbit/s (true %.1f), rtt %.3f s after %d rounds; probe decisions %s -> %s" % (
+        est.uplink_mbps, uplink, est.rtt_s, round_ + 1, [m for _, m, *_ in first], moved))
