@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .. import pipeline
+from .. import data, pipeline
 from ..config import Config, SearchConfig
 from .objective import OBJECTIVES
 
@@ -38,7 +38,7 @@ def default_study_name(cfg: Config) -> str:
     s = pipeline.settings(cfg, "dataset", "models", "profile", "router", "search")
     for k in ("n_trials", "heartbeat_interval", "grace_period", "wandb", "workers"):
         s["search"].pop(k, None)
-    files = pipeline.data.input_files(cfg)  # edited questions or outcomes: a new study, not stale trials
+    files = data.input_files(cfg)  # edited questions or outcomes: a new study, not stale trials
     if files:
         s["input_files"] = files
     return f"{cfg.name}-search-{cfg.search.mode}-{pipeline._digest(s)}"
